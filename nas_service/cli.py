@@ -1,0 +1,48 @@
+"""The ``nas-service`` command line.
+
+Each subcommand lives in its own module under :mod:`nas_service.commands` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` (taking the parsed args, returning an
+exit code). Modules are imported lazily by name so ``nas-service --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Subcommand modules, in the order ``--help`` lists them.
+COMMAND_MODULES = ("genotypes", "draw", "schedule")
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one clear line, exit code 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nas-service",
+        description="sharpDARTS-family architecture and hyperparameter search as a service on Ray.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"nas_service.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ValueError, KeyError, FileNotFoundError) as err:
+        # Bad input: one line that names the rule and the value; never a traceback.
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"nas-service {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
