@@ -178,7 +178,7 @@ class Genotype:
                 f"{edges[2 * i + 1][0]}({_state(edges[2 * i + 1][1])})"
                 for i in range(len(edges) // 2)
             ]
-            return "\n".join(nodes + [f"  output: concat{[_state(c) for c in concat]}"])
+            return "\n".join(nodes + [f"  output: concat({', '.join(_state(c) for c in concat)})"])
 
         return (
             f"normal cell:\n{cell(self.normal, self.normal_concat)}\n"

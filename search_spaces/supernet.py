@@ -1,0 +1,214 @@
+"""The cell-based search network of DARTS / sharpDARTS (spec sections 3.1-3.3, 6).
+
+Every edge of a search cell is a :class:`MixedOp` over the space's primitives; the architecture weights
+(one ``(edges, ops)`` tensor per cell type) are registered ``nn.Parameter``\\ s kept apart from the network
+weights: they are saved in ``state_dict``, move with ``.to()``, and are reached through
+:meth:`SearchNetwork.arch_parameters` (the weight optimizer uses :meth:`SearchNetwork.weight_parameters`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .genotypes import Genotype, parse_genotype
+from .ops import FactorizedReduce, ReLUConvBN, get_op_set
+from .spaces import get_search_space
+from .weighting import get_weighting
+
+__all__ = ["MixedOp", "SearchCell", "SearchNetwork", "build_search_network"]
+
+
+class MixedOp(nn.Module):
+    """All candidate ops of one edge; the output is ``sum_i coef_i * op_i(x)``.
+
+    The ``none`` op is never instantiated or run: its output is zero whatever its coefficient, so skipping
+    it changes neither the output nor any gradient (its weight still competes in the softmax).
+    Pools are followed by a non-affine BN, as in DARTS.
+    """
+
+    def __init__(self, C: int, stride: int, primitives: Sequence[str], op_set: str) -> None:
+        super().__init__()
+        ops = get_op_set(op_set)
+        self.ops = nn.ModuleList()
+        active = []
+        for index, name in enumerate(primitives):
+            if name == "none":
+                continue
+            op = ops.build(name, C, C, stride, affine=False)
+            if "pool" in name:
+                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+            self.ops.append(op)
+            active.append(index)
+        self.register_buffer("active", torch.tensor(active, dtype=torch.long), persistent=False)
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
+        coefs = coefs.index_select(0, self.active)
+        out = coefs[0] * self.ops[0](x)
+        for i in range(1, len(self.ops)):
+            out = out + coefs[i] * self.ops[i](x)
+        return out
+
+
+class SearchCell(nn.Module):
+    """A search cell: ``steps`` nodes, node i fed by a MixedOp from every earlier state (spec 3.2)."""
+
+    def __init__(
+        self,
+        *,
+        steps: int,
+        multiplier: int,
+        C_prev_prev: int,
+        C_prev: int,
+        C: int,
+        reduction: bool,
+        reduction_prev: bool,
+        primitives: Sequence[str],
+        op_set: str,
+    ) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.steps = steps
+        self.multiplier = multiplier
+        if reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(C_prev_prev, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList()
+        for i in range(steps):
+            for j in range(2 + i):
+                stride = 2 if reduction and j < 2 else 1
+                self.edges.append(MixedOp(C, stride, primitives, op_set))
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for _ in range(self.steps):
+            s = sum(self.edges[offset + j](h, coefs[offset + j]) for j, h in enumerate(states))
+            offset += len(states)
+            states.append(s)
+        return torch.cat(states[-self.multiplier :], dim=1)
+
+
+class SearchNetwork(nn.Module):
+    """The DARTS search network (spec 3.3) with configurable size, input and weighting.
+
+    Args:
+        primitives: op names competing on every edge.
+        op_set: which op set implements them (``darts`` or ``sharp``).
+        C: initial channels (16 in the paper).
+        num_classes: output classes.
+        layers: number of cells (8); cells ``layers//3`` and ``2*layers//3`` are reduction cells.
+        steps: nodes per cell (4).
+        multiplier: how many of the last nodes are concatenated into the output (4).
+        stem_multiplier: stem width is ``stem_multiplier * C`` (3).
+        in_channels: image channels (3 for CIFAR, 1 for digits).
+        weighting: ``scalar`` (DARTS) or ``max_w`` (sharpDARTS).
+    """
+
+    def __init__(
+        self,
+        *,
+        primitives: Sequence[str],
+        op_set: str,
+        C: int = 16,
+        num_classes: int = 10,
+        layers: int = 8,
+        steps: int = 4,
+        multiplier: int = 4,
+        stem_multiplier: int = 3,
+        in_channels: int = 3,
+        weighting: str = "scalar",
+    ) -> None:
+        super().__init__()
+        for name, value, low in (("C", C, 1), ("layers", layers, 1), ("steps", steps, 1),
+                                 ("num_classes", num_classes, 1), ("in_channels", in_channels, 1)):  # fmt: skip
+            if value < low:
+                raise ValueError(f"SearchNetwork: {name} must be >= {low}, got {name}={value}")
+        if not 1 <= multiplier <= steps:
+            raise ValueError(f"SearchNetwork: multiplier must be in 1..steps={steps}, got {multiplier}")
+        self.primitives = tuple(primitives)
+        self.op_set = op_set
+        self.steps = steps
+        self.multiplier = multiplier
+        self.weighting_name = weighting
+        self._weighting = get_weighting(weighting)
+
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr)
+        )
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        reductions = {layers // 3, 2 * layers // 3} if layers >= 3 else set()
+        for i in range(layers):
+            reduction = i in reductions
+            if reduction:
+                C_curr *= 2
+            cell = SearchCell(
+                steps=steps,
+                multiplier=multiplier,
+                C_prev_prev=C_prev_prev,
+                C_prev=C_prev,
+                C=C_curr,
+                reduction=reduction,
+                reduction_prev=reduction_prev,
+                primitives=self.primitives,
+                op_set=op_set,
+            )
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+        n_edges = sum(2 + i for i in range(steps))
+        self.arch = nn.ParameterDict(
+            {
+                "normal": nn.Parameter(1e-3 * torch.randn(n_edges, len(self.primitives))),
+                "reduce": nn.Parameter(1e-3 * torch.randn(n_edges, len(self.primitives))),
+            }
+        )
+
+    # -- parameters ---------------------------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture weights (trained by the architect on validation batches)."""
+        return [self.arch["normal"], self.arch["reduce"]]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Every parameter except the architecture weights (trained by SGD on training batches)."""
+        arch_ids = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch_ids]
+
+    def arch_weights(self) -> dict[str, torch.Tensor]:
+        """Softmax over ops for every edge: ``{"normal": (edges, ops), "reduce": (edges, ops)}``."""
+        return {k: torch.softmax(v, dim=-1) for k, v in self.arch.items()}
+
+    # -- forward ------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        coefs = {k: self._weighting(w, dim=-1) for k, w in self.arch_weights().items()}
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, coefs["reduce" if cell.reduction else "normal"])
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    # -- discretisation -----------------------------------------------------------------------------------
+    def genotype(self, skip_primitive: str | None = "none") -> Genotype:
+        """Parses the current architecture weights (spec 3.4); ``skip_primitive=None`` is the no-hack parse."""
+        w = self.arch_weights()
+        skip = skip_primitive if skip_primitive in self.primitives else None
+        return parse_genotype(
+            w["normal"], w["reduce"], self.primitives,
+            steps=self.steps, multiplier=self.multiplier, skip_primitive=skip,
+        )  # fmt: skip
+
+
+def build_search_network(space: str, **kwargs: object) -> SearchNetwork:
+    """Builds the search network of a named space (``darts``, ``sharp_darts``, ...); kwargs as SearchNetwork."""
+    search_space = get_search_space(space)
+    return SearchNetwork(primitives=search_space.primitives, op_set=search_space.op_set, **kwargs)  # type: ignore[arg-type]

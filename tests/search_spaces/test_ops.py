@@ -1,0 +1,112 @@
+"""Every op of every op set, at stride 1 and 2, on even and odd sizes: shapes and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from search_spaces import ops as ops_module
+from search_spaces.ops import build_op, get_op_set, list_op_sets, list_ops, op_sets_defining
+from search_spaces.registry import Registry, UnknownNameError
+from search_spaces.spaces import get_search_space, list_primitive_sets, get_primitives, list_search_spaces
+
+OP_CASES = [
+    pytest.param(op_set, name, id=f"{op_set}-{name}") for op_set in list_op_sets() for name in list_ops(op_set)
+]
+
+
+@pytest.mark.parametrize(("op_set", "name"), OP_CASES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [8, 7])
+@pytest.mark.parametrize("affine", [True, False])
+def test_op_shape_and_gradient(op_set, name, stride, size, affine):
+    op = build_op(op_set, name, 4, 4, stride, affine)
+    x = torch.randn(2, 4, size, size, requires_grad=True)
+    y = op(x)
+    expected = (size + stride - 1) // stride
+    assert y.shape == (2, 4, expected, expected)
+    assert torch.isfinite(y).all()
+    y.square().sum().backward()
+    if name != "none":
+        assert x.grad is not None and x.grad.abs().sum() > 0
+    for p in op.parameters():
+        assert p.grad is not None
+
+
+@pytest.mark.parametrize("name", list_ops("sharp"))
+def test_sharp_ops_change_width(name):
+    op = build_op("sharp", name, 4, 8, 2, True)
+    assert op(torch.randn(2, 4, 8, 8)).shape == (2, 8, 4, 4)
+
+
+def test_sharp_sep_conv_equals_darts_sep_conv_structure():
+    darts, sharp = build_op("darts", "sep_conv_3x3", 8, 8, 1, True), build_op("sharp", "sep_conv_3x3", 8, 8, 1, True)
+    assert [type(m) for m in darts.modules()] == [type(m) for m in sharp.modules()]
+    assert sum(p.numel() for p in darts.parameters()) == sum(p.numel() for p in sharp.parameters())
+
+
+def test_dil_conv_differs_between_op_sets():
+    darts = build_op("darts", "dil_conv_3x3", 8, 8, 1, True)
+    sharp = build_op("sharp", "dil_conv_3x3", 8, 8, 1, True)
+    convs = lambda m: [c for c in m.modules() if isinstance(c, torch.nn.Conv2d)]  # noqa: E731
+    assert len(convs(darts)) == 2 and len(convs(sharp)) == 4  # one unit vs two SharpSepConv units
+    assert convs(sharp)[0].dilation == (2, 2) and convs(sharp)[2].dilation == (1, 1)
+
+
+def test_flood_and_choke_middle_widths():
+    flood = build_op("sharp", "flood_conv_3x3", 8, 8, 1, True)
+    assert flood[2].out_channels == 32  # 4 * C_out
+    choke = build_op("sharp", "choke_conv_3x3", 8, 8, 1, True)
+    assert choke[2].out_channels == 32  # search default
+    assert build_op("sharp", "choke_conv_3x3", 8, 8, 1, True, C_mid=96)[2].out_channels == 96
+
+
+def test_avg_pool_padding_counts_differ():
+    x = torch.ones(1, 1, 4, 4)
+    darts = build_op("darts", "avg_pool_3x3", 1, 1, 1, True)(x)
+    sharp = build_op("sharp", "avg_pool_3x3", 1, 1, 1, True)(x)
+    assert darts[0, 0, 0, 0] == 1.0  # count_include_pad=False
+    assert sharp[0, 0, 0, 0] == pytest.approx(4 / 9)  # count_include_pad=True
+
+
+def test_dil_flood_5x5_keeps_the_size():
+    # The reference pads by 2 and shrinks the map by 4 px; ours keeps it.
+    assert build_op("sharp", "dil_flood_conv_5x5", 4, 4, 1, True)(torch.randn(1, 4, 9, 9)).shape[-1] == 9
+
+
+def test_unknown_op_lists_known_ones():
+    with pytest.raises(UnknownNameError) as err:
+        build_op("sharp", "sep_conv_9x9", 4, 4, 1, True)
+    assert "sep_conv_9x9" in str(err.value) and "flood_conv_3x3" in str(err.value)
+    with pytest.raises(UnknownNameError, match="known op sets"):
+        get_op_set("nope")
+
+
+def test_registry_refuses_duplicates():
+    registry: Registry[int] = Registry("thing")
+    registry.register("a", 1)
+    with pytest.raises(ValueError, match="duplicate thing name 'a'"):
+        registry.register("a", 2)
+
+
+def test_primitive_sets_match_the_paper():
+    assert len(get_primitives("darts")) == 8
+    assert len(get_primitives("sharp_darts")) == 9
+    assert len(get_primitives("sharper_darts")) == 12
+    assert set(list_primitive_sets()) == {"darts", "sharp_darts", "sharper_darts"}
+    assert "dil_flood_conv_5x5" not in {p for s in list_primitive_sets() for p in get_primitives(s)}
+
+
+@pytest.mark.parametrize("space", list_search_spaces())
+def test_named_spaces_are_implemented_by_their_op_set(space):
+    s = get_search_space(space)
+    assert set(s.primitives) <= set(list_ops(s.op_set))
+
+
+def test_op_sets_defining():
+    assert op_sets_defining(["choke_conv_3x3"]) == ["sharp"]
+    assert set(op_sets_defining(["sep_conv_3x3", "none"])) == {"darts", "sharp"}
+
+
+def test_parameter_free_ops():
+    assert ops_module.is_parameter_free("none") and not ops_module.is_parameter_free("sep_conv_3x3")

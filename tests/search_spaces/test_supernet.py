@@ -1,0 +1,94 @@
+"""The cell search network: every named space under both weightings; alphas are registered parameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from search_spaces.spaces import list_search_spaces
+from search_spaces.supernet import MixedOp, build_search_network
+from search_spaces.weighting import max_w
+
+SMALL = dict(C=4, layers=3, steps=2, multiplier=2, in_channels=1, num_classes=10)
+
+
+@pytest.mark.parametrize("weighting", ["scalar", "max_w"])
+@pytest.mark.parametrize("space", list_search_spaces())
+def test_search_network_forward_backward(space, weighting):
+    net = build_search_network(space, weighting=weighting, **SMALL)
+    logits = net(torch.randn(2, 1, 8, 8))
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+    torch.nn.functional.cross_entropy(logits, torch.tensor([1, 2])).backward()
+    for p in net.arch_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in net.weight_parameters() if p.requires_grad)
+    genotype = net.genotype()
+    genotype.validate(net.op_set)
+    assert set(genotype.op_names()) <= set(net.primitives) - {"none"}
+
+
+def test_arch_parameters_are_registered_apart_from_weights():
+    net = build_search_network("darts", **SMALL)
+    state = net.state_dict()
+    assert "arch.normal" in state and "arch.reduce" in state
+    arch_ids = {id(p) for p in net.arch_parameters()}
+    assert not arch_ids & {id(p) for p in net.weight_parameters()}
+    assert len(net.weight_parameters()) + 2 == len(list(net.parameters()))
+    moved = net.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in moved.arch_parameters())
+    fresh = build_search_network("darts", **SMALL)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.arch["normal"], net.arch["normal"].float())
+
+
+def test_default_size_matches_the_paper():
+    net = build_search_network("darts")  # C=16, 8 cells, 4 nodes
+    assert len(net.cells) == 8 and [c.reduction for c in net.cells].count(True) == 2
+    assert net.cells[2].reduction and net.cells[5].reduction
+    assert net.arch["normal"].shape == (14, 8)
+    assert len(net.cells[0].edges) == 14
+
+
+def test_max_w_coefficients_numerically():
+    w = torch.tensor([0.1, 0.6, 0.3])
+    assert torch.allclose(max_w(w), torch.tensor([0.5, 1.0, 0.7]))
+    # The max is not detached: d/dw_1 of sum(coef) = -3 + 1 (three ops share the max, and its own term).
+    w = w.clone().requires_grad_(True)
+    max_w(w).sum().backward()
+    assert torch.allclose(w.grad, torch.tensor([1.0, -2.0, 1.0]))
+
+
+def test_max_w_gradient_matches_finite_differences():
+    alpha = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda a: max_w(torch.softmax(a, -1)) @ torch.arange(5.0, dtype=torch.float64), (alpha,))
+
+
+def test_mixed_op_skips_none_without_changing_the_output():
+    torch.manual_seed(0)
+    prims = ("none", "skip_connect", "sep_conv_3x3")
+    op = MixedOp(4, 1, prims, "sharp")
+    assert len(op.ops) == 2
+    x = torch.randn(2, 4, 6, 6)
+    coefs = torch.tensor([0.5, 0.2, 0.3])
+    expected = 0.5 * torch.zeros_like(x) + 0.2 * x + 0.3 * op.ops[1](x)
+    assert torch.allclose(op(x, coefs), expected)
+
+
+def test_pools_are_followed_by_non_affine_bn():
+    op = MixedOp(4, 1, ("max_pool_3x3", "avg_pool_3x3"), "darts")
+    for seq in op.ops:
+        assert isinstance(seq[1], torch.nn.BatchNorm2d) and not seq[1].affine
+
+
+def test_no_hack_genotype_can_choose_none():
+    net = build_search_network("darts", **SMALL)
+    with torch.no_grad():
+        net.arch["normal"].zero_()
+        net.arch["normal"][:, 0] = 5.0  # 'none' dominates every edge
+    assert all(op == "none" for op, _ in net.genotype(skip_primitive=None).normal)
+    assert all(op != "none" for op, _ in net.genotype().normal)
+
+
+def test_bad_sizes_are_rejected():
+    with pytest.raises(ValueError, match="multiplier"):
+        build_search_network("darts", C=4, steps=2, multiplier=3)
