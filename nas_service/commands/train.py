@@ -1,0 +1,104 @@
+"""``nas-service train``, ``recipes`` and ``score``: run one training-engine job in this process (no Ray).
+
+    nas-service recipes
+    nas-service train digits_search --workdir runs/search --set weighting=max_w --set epochs=4
+    nas-service train digits_retrain --workdir runs/v2 --set genotype=DARTS_V2
+    nas-service score runs/v2/best.pt --dataset digits
+
+Rerunning ``train`` with the same workdir resumes from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import yaml
+
+from trainers.config import config_to_dict, get_recipe, list_recipes, with_overrides
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["data.batch_size=16", "weighting=max_w"]`` -> nested dict; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set: expected FIELD=VALUE (e.g. data.batch_size=16), got {pair!r}")
+        key, raw = pair.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("recipes", help="list the named training recipes (paper settings and digits presets)")
+    p.add_argument("--show", metavar="NAME", help="print one recipe's full configuration as YAML")
+    p.set_defaults(func=_recipes)
+
+    p = subparsers.add_parser(
+        "train", help="run a cell search, DHGS or retrain recipe in this process (resumable)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("recipe", help="a recipe name (see `nas-service recipes`)")
+    p.add_argument("--workdir", required=True, help="run folder: checkpoints and the summary go here")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a config field, e.g. --set data.batch_size=16 (repeatable)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("score", help="score a retrain checkpoint on a test set (e.g. CIFAR-10.1)")
+    p.add_argument("checkpoint")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root", default=None, help="data folder")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_score)
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    if args.show:
+        print(yaml.safe_dump(config_to_dict(get_recipe(args.show)), sort_keys=False), end="")
+        return 0
+    for name in list_recipes():
+        c = get_recipe(name)
+        print(f"{name:<28}{c.kind:<20}{c.data.dataset:<10}{c.epochs:>6} epochs")
+    return 0
+
+
+def run_config(config: Any, workdir: str, device: str, log: Any) -> dict[str, Any]:
+    """Runs a training-engine config of any kind in this process."""
+    from trainers.engine import Hooks
+    from trainers.retrain import run_retrain
+    from trainers.search import run_cell_search, run_hypercuboid_search
+
+    runner = {"cell_search": run_cell_search, "hypercuboid_search": run_hypercuboid_search,
+              "retrain": run_retrain}[config.kind]  # fmt: skip
+    return runner(config, workdir=workdir, device=device, hooks=Hooks(log=log))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trainers.checkpoints import atomic_write_text
+
+    config = with_overrides(get_recipe(args.recipe), parse_overrides(args.overrides))
+    log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    summary = run_config(config, args.workdir, args.device, log)
+    summary_path = Path(args.workdir) / "summary.json"
+    atomic_write_text(summary_path, json.dumps(summary, indent=2))
+    brief = {k: v for k, v in summary.items() if k not in ("history", "config", "spec")}
+    print(json.dumps(brief, indent=2))
+    print(f"summary written to {summary_path}", file=sys.stderr)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from trainers.retrain import score_checkpoint
+
+    print(json.dumps(score_checkpoint(args.checkpoint, args.dataset, root=args.root, device=args.device), indent=2))
+    return 0
