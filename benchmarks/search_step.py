@@ -1,0 +1,111 @@
+"""Times one search step (architecture update + weight update) for every named space and weighting.
+
+Each configuration runs in its own subprocess so its peak memory (max RSS) is its own. Prints seconds per
+step, images per second, peak memory and the ratio of each configuration's time to ``darts`` (same
+weighting and memory format), side by side in one run.
+
+    .venv/bin/python benchmarks/search_step.py                      # CIFAR shape, C=16, 8 cells, batch 32
+    .venv/bin/python benchmarks/search_step.py --C 8 --layers 5 --batch 16 --repeats 2
+    .venv/bin/python benchmarks/search_step.py --spaces darts --memory-formats contiguous channels_last
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def one_config(args: argparse.Namespace) -> dict:
+    import torch
+
+    from search_spaces.supernet import build_search_network
+    from trainers.architect import Architect
+    from trainers.config import ArchOptimConfig, OptimConfig
+    from trainers.engine import train_one_epoch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
+    net = build_search_network(args.space, C=args.C, layers=args.layers, weighting=args.weighting,
+                               in_channels=3, num_classes=10).to(memory_format=fmt)  # fmt: skip
+    sgd = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    architect = Architect(net, ArchOptimConfig(order=args.order), OptimConfig())
+    x = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (args.batch,))
+
+    def arch_step(step, xb, yb):
+        architect.step(xb, yb, x, y, lr=0.025, weight_optimizer=sgd)
+
+    def step() -> float:
+        start = time.perf_counter()
+        train_one_epoch(net, [(x, y)], sgd, epoch=1, device=torch.device("cpu"), memory_format=fmt,
+                        grad_clip=5.0, clip_parameters=net.weight_parameters(), before_step=arch_step)  # fmt: skip
+        return time.perf_counter() - start
+
+    step()  # warm-up (allocator, oneDNN kernels)
+    times = sorted(step() for _ in range(args.repeats))
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": times[len(times) // 2], "peak_mib": peak_mib}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spaces", nargs="+", default=["darts", "sharp_sep_conv_darts", "sharp_darts", "sharper_darts"])
+    parser.add_argument("--weightings", nargs="+", default=["scalar", "max_w"])
+    parser.add_argument("--memory-formats", nargs="+", default=["channels_last"])
+    parser.add_argument("--C", type=int, default=16)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--order", type=int, default=1, choices=[1, 2])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--space", help=argparse.SUPPRESS)
+    parser.add_argument("--weighting", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-format", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(one_config(args)))
+        return
+
+    rows = []
+    for fmt in args.memory_formats:
+        for weighting in args.weightings:
+            for space in args.spaces:
+                cmd = [sys.executable, __file__, "--child", "--space", space, "--weighting", weighting,
+                       "--memory-format", fmt, "--C", str(args.C), "--layers", str(args.layers),
+                       "--batch", str(args.batch), "--size", str(args.size), "--order", str(args.order),
+                       "--repeats", str(args.repeats), "--threads", str(args.threads)]  # fmt: skip
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                result = json.loads(out.strip().splitlines()[-1])
+                rows.append({"space": space, "weighting": weighting, "memory_format": fmt, **result})
+                print(f"  measured {space} {weighting} {fmt}: {result['seconds']:.2f} s", file=sys.stderr)
+
+    print(f"\none search step (arch + weights, order {args.order}), batch {args.batch}, "
+          f"{args.size}x{args.size}, C={args.C}, {args.layers} cells, {args.threads} threads")  # fmt: skip
+    header = f"{'space':<22}{'weighting':<10}{'format':<15}{'s/step':>9}{'img/s':>9}{'peak MiB':>10}{'x darts':>9}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        base = next((r for r in rows if r["space"] == "darts" and r["weighting"] == row["weighting"]
+                     and r["memory_format"] == row["memory_format"]), None)  # fmt: skip
+        ratio = row["seconds"] / base["seconds"] if base else float("nan")
+        print(f"{row['space']:<22}{row['weighting']:<10}{row['memory_format']:<15}{row['seconds']:>9.3f}"
+              f"{args.batch / row['seconds']:>9.1f}{row['peak_mib']:>10.0f}{ratio:>9.2f}")  # fmt: skip
+    if len(args.memory_formats) > 1:
+        print("\nchannels_last / contiguous time ratio:")
+        for r in rows:
+            if r["memory_format"] == "channels_last":
+                c = next((o for o in rows if o["memory_format"] == "contiguous" and o["space"] == r["space"]
+                          and o["weighting"] == r["weighting"]), None)  # fmt: skip
+                if c:
+                    print(f"  {r['space']:<22}{r['weighting']:<10}{r['seconds'] / c['seconds']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

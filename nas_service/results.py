@@ -1,0 +1,994 @@
+"""The results store: every trial-epoch and every finished trial as Parquet, for pandas, DuckDB and Spark.
+
+Layout (see ``docs/results_schema.md``)::
+
+    <storage>/<experiment>/results/
+        epochs/trial=<trial_id>/epoch=<epoch:05d>-attempt=<attempt>.parquet   one row per trial-epoch
+        trials/trial=<trial_id>/attempt=<attempt>.parquet                     one row per finished trial
+
+Why immutable part files keyed by (trial, epoch, attempt): the same code must work on a local disk, a
+network file system and an object store. An object store has no atomic rename and no append, but a PUT of
+one object is atomic; so every row is one small object whose name is derived from its key, written in one
+``open_output_stream`` call, and never modified afterwards. A resumed trial writes under a higher attempt
+instead of overwriting, and readers keep the highest attempt per key, so a crash and resume neither loses
+nor duplicates a row. On file systems that do rename atomically (local disk, NFS through the local file
+system, HDFS) the part is written under a hidden temp name first and then moved into place, because there
+a plain write is visible to readers while it is half done. Readers ignore hidden names ('.' or '_').
+
+Every access goes through :mod:`pyarrow.fs` (never ``open``/``os.replace``), so ``storage`` may be a local
+path or any URI pyarrow understands (``file://``, ``s3://``, ``gs://``, ``hdfs://``).
+
+One tiny Parquet file per epoch is the price of cheap, crash-safe, lock-free writes from many trials at
+once; at our scale (hundreds to a few thousand epochs per experiment) reading them back takes well under a
+second on local disk. Compaction into larger files (rewrite, then delete parts covered by the rewrite) can
+come later without changing the schema or the dedup rule.
+
+This module imports pandas and pyarrow, never ray or torch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.metadata
+import io
+import json
+import math
+import numbers
+import os
+import platform
+import re
+import sys
+import uuid
+import warnings
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from typing import Any, Literal
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "RESULTS_SCHEMA_VERSION",
+    "STATUSES",
+    "TABLES",
+    "TERMINAL_STATUSES",
+    "ResultsError",
+    "ResultsSchemaError",
+    "ResultsStore",
+    "ResultsWarning",
+    "arm_id",
+    "best_and_last",
+    "epoch_columns",
+    "flatten_config",
+    "hardware_description",
+    "package_versions",
+    "read_epochs",
+    "read_trials",
+    "resolve_location",
+    "serialize",
+    "trial_columns",
+]
+
+# Bump only for changes an old reader would misread (a renamed or retyped column, a changed meaning, a new
+# key or layout). Adding a nullable column is not a bump: readers take the union of columns.
+RESULTS_SCHEMA_VERSION = 1
+
+TABLES = ("epochs", "trials")
+STATUSES = ("finished", "diverged", "errored")
+# A trial in one of these states is done for good: `finished` ran to the end, `diverged` (NaN loss) is
+# recorded and never retried. `errored` trials are resumed from their checkpoint, so they are not done.
+TERMINAL_STATUSES = frozenset({"finished", "diverged"})
+EXPORT_FORMATS = ("csv", "parquet", "json")
+
+TableName = Literal["epochs", "trials"]
+ExportFormat = Literal["csv", "parquet", "json"]
+
+_UTC_TS = pa.timestamp("us", tz="UTC")
+_META_VERSION = b"nas_service.results.schema_version"
+_META_TABLE = b"nas_service.results.table"
+
+# Fixed columns, in the order readers return them. Dynamic columns (metrics, config.*, best.*, last.*,
+# extra.*) follow, sorted by name within their group.
+_EPOCH_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
+    ("schema_version", pa.int32()),
+    ("experiment", pa.string()),
+    ("stage", pa.string()),
+    ("trial_id", pa.string()),
+    ("attempt", pa.int64()),
+    ("seed", pa.int64()),
+    ("epoch", pa.int64()),
+    ("written_at", _UTC_TS),
+)
+_TRIAL_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
+    ("schema_version", pa.int32()),
+    ("experiment", pa.string()),
+    ("stage", pa.string()),
+    ("stage_kind", pa.string()),
+    ("trial_id", pa.string()),
+    ("attempt", pa.int64()),
+    ("arm", pa.string()),
+    ("seed", pa.int64()),
+    ("status", pa.string()),
+    ("lineage_trial_id", pa.string()),
+    ("lineage_stage", pa.string()),
+    ("protocol", pa.string()),
+    ("genotype_json", pa.string()),
+    ("path_json", pa.string()),
+    ("params", pa.int64()),
+    ("epochs_completed", pa.int64()),
+    ("best_epoch", pa.int64()),
+    ("best_metric", pa.string()),
+    ("wall_seconds", pa.float64()),
+    ("cpu_seconds", pa.float64()),
+    ("gpu_seconds", pa.float64()),
+    ("hardware", pa.string()),
+    ("version.python", pa.string()),
+    ("version.torch", pa.string()),
+    ("version.ray", pa.string()),
+    ("version.nas_service", pa.string()),
+    ("checkpoint", pa.string()),
+    ("finished_at", _UTC_TS),
+    ("error", pa.string()),
+    ("config_json", pa.string()),
+)
+_FIXED = {"epochs": _EPOCH_FIELDS, "trials": _TRIAL_FIELDS}
+# Dedup key and tie-breaks per table: the row with the highest attempt (then the latest time) wins.
+_KEYS = {"epochs": ("trial_id", "epoch"), "trials": ("trial_id",)}
+_TIEBREAK = {"epochs": ("attempt", "written_at"), "trials": ("attempt", "finished_at")}
+_ORDER = {"epochs": ("stage", "trial_id", "epoch"), "trials": ("stage", "trial_id")}
+# Dynamic column groups of the trial table, in output order; anything else sorts after them.
+_TRIAL_GROUPS = ("config.", "best.", "last.", "extra.")
+
+# Keys a trial row may carry (besides the fixed identity ones the store fills in). Anything else is a typo
+# or belongs under `extra`; rejecting it keeps a misspelt field from becoming a silent new column.
+_TRIAL_ROW_KEYS = frozenset({
+    "stage", "stage_kind", "status", "seed", "arm", "lineage_trial_id", "lineage_stage", "protocol",
+    "genotype", "genotype_json", "path", "path_json", "params", "epochs_completed", "best_epoch",
+    "best_metric", "best", "last", "wall_seconds", "cpu_seconds", "gpu_seconds", "hardware", "versions",
+    "checkpoint", "finished_at", "error", "config", "extra",
+    "trial_id", "attempt", "experiment", "schema_version",
+})  # fmt: skip
+_VERSION_KEYS = ("python", "torch", "ray", "nas_service")
+
+# Trial ids and experiment names become folder names: keep them to a safe, non-hidden alphabet.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+
+
+class ResultsError(ValueError):
+    """A row, key or argument the results store cannot accept (the message names the rule and the value)."""
+
+
+class ResultsSchemaError(ResultsError):
+    """A part file written with a newer schema version than this reader understands."""
+
+
+class ResultsWarning(UserWarning):
+    """A part file that could not be read (e.g. truncated by a crash on a file system without rename)."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Locations
+
+
+def resolve_location(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    """Turn a local path or a storage URI into a pyarrow file system and a path inside it.
+
+    Args:
+        location: a local path (relative paths and ``~`` are made absolute) or a URI pyarrow understands
+            (``file:///abs/path``, ``s3://bucket/prefix``, ``gs://...``, ``hdfs://host:port/path``).
+            URIs must be percent-encoded (a space is ``%20``).
+
+    Returns:
+        ``(filesystem, path)`` with no trailing slash on the path.
+
+    Raises:
+        ResultsError: the location is empty or pyarrow cannot parse the URI.
+    """
+    text = os.fspath(location)
+    if not text:
+        raise ResultsError("storage location must be a non-empty path or URI, got ''")
+    if "://" in text:
+        try:
+            fs, path = pafs.FileSystem.from_uri(text)
+        except (pa.ArrowInvalid, ValueError) as err:
+            raise ResultsError(f"storage URI must be one pyarrow understands, got {text!r}: {err}") from err
+    else:
+        fs, path = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
+    return fs, (path.rstrip("/") or "/")
+
+
+def _join(*parts: str) -> str:
+    head, *rest = parts
+    return "/".join([head.rstrip("/") if head != "/" else "", *(p.strip("/") for p in rest)])
+
+
+def _supports_atomic_rename(fs: pafs.FileSystem) -> bool:
+    """Whether a move within one folder is atomic, so temp-then-move hides half-written parts.
+
+    Object stores (S3, GCS, Azure) are deliberately absent: their "move" is copy plus delete, but a single
+    PUT is atomic, which is all we need. Unknown file systems get the PUT path too.
+    """
+    if isinstance(fs, pafs.SubTreeFileSystem):
+        return _supports_atomic_rename(fs.base_fs)
+    hdfs = getattr(pafs, "HadoopFileSystem", None)
+    return isinstance(fs, pafs.LocalFileSystem) or (hdfs is not None and isinstance(fs, hdfs))
+
+
+def _check_name(kind: str, value: Any) -> str:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ResultsError(
+            f"{kind} must match {_NAME_RE.pattern} (it becomes a folder name; no '/', no leading '.' or "
+            f"'_'), got {value!r}"
+        )
+    return value
+
+
+def _check_count(kind: str, value: Any, *, nullable: bool = False) -> int | None:
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 0:
+        raise ResultsError(f"{kind} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Values: metrics, configs, JSON
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON data for `value`; objects with ``to_dict()`` (Genotype, HyperCuboidPath) become dicts."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        # Standard JSON has no NaN/Infinity (DuckDB and Spark JSON readers refuse them): write null.
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "to_dict") and callable(value.to_dict):
+        return _jsonable(value.to_dict())
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy / torch 0-d values
+        return _jsonable(value.item())
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    raise ResultsError(f"value must be JSON-serializable (numbers, strings, lists, dicts), got {value!r}")
+
+
+def _to_json(value: Any) -> str:
+    # Sorted keys and no spaces: the same value always gives the same text (stable ids, cheap diffs).
+    return json.dumps(_jsonable(value), sort_keys=True, separators=(",", ":"))
+
+
+def _metric_value(name: str, value: Any) -> Any:
+    """A metric as stored: numbers -> float, bools stay bools, text stays text, dicts/lists -> JSON text."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy bools are not numbers.Number
+        return bool(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return _metric_value(name, value.item())
+    try:
+        return _to_json(value)
+    except ResultsError as err:
+        raise ResultsError(f"metric {name!r}: {err}") from None
+
+
+def _config_value(value: Any) -> Any:
+    """A flattened config leaf: scalars keep their type, lists and objects become JSON text."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return _config_value(value.item())
+    return _to_json(value)
+
+
+def flatten_config(config: Mapping[str, Any], *, prefix: str = "") -> dict[str, Any]:
+    """Flatten a nested config into dotted keys, one column per leaf.
+
+    Nested mappings are joined with dots; lists, tuples and objects with ``to_dict()`` become JSON text
+    (so a channel list stays one cell); an empty mapping becomes ``"{}"`` so it is not lost; scalars keep
+    their Python type (numpy scalars become Python ones).
+
+    Example::
+
+        >>> flatten_config({"weighting": "max_w", "data": {"batch_size": 64}, "channels": [16, 32]},
+        ...                prefix="config.")
+        {'config.weighting': 'max_w', 'config.data.batch_size': 64, 'config.channels': '[16,32]'}
+
+    Args:
+        config: the resolved config.
+        prefix: prepended to every key (the trial table uses ``"config."``).
+
+    Returns:
+        A flat dict in the config's own key order.
+
+    Raises:
+        ResultsError: two paths flatten to the same key (e.g. ``{"a.b": 1, "a": {"b": 2}}``), or a leaf is
+            not JSON-serializable.
+    """
+    out: dict[str, Any] = {}
+
+    def walk(node: Mapping[str, Any], path: str) -> None:
+        for key, value in node.items():
+            name = f"{path}{key}"
+            if isinstance(value, Mapping) and value:
+                walk(value, f"{name}.")
+                continue
+            if name in out:
+                raise ResultsError(f"config keys must flatten to distinct names, {name!r} appears twice")
+            out[name] = _to_json(value) if isinstance(value, Mapping) else _config_value(value)
+
+    walk(config, prefix)
+    return out
+
+
+def _drop_seeds(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _drop_seeds(v) for k, v in value.items() if k != "seed"}
+    if isinstance(value, (list, tuple)):
+        return [_drop_seeds(v) for v in value]
+    return value
+
+
+def arm_id(stage: str, config: Mapping[str, Any]) -> str:
+    """A stable id for a stage's configuration without the seed, so rows of one arm group over seeds.
+
+    Every key named ``seed`` (at any depth) is dropped, the rest is hashed as canonical JSON.
+
+    Returns:
+        ``"<stage>:<12 hex digits>"``, the same on every machine and run for equal configs.
+    """
+    digest = hashlib.sha256(_to_json(_drop_seeds(config)).encode()).hexdigest()
+    return f"{stage}:{digest[:12]}"
+
+
+def best_and_last(
+    epochs: Iterable[Mapping[str, Any]], *, metric: str, mode: Literal["max", "min"] = "max",
+) -> tuple[int | None, dict[str, Any], dict[str, Any]]:
+    """Pick the best and the last epoch of a trial's per-epoch metric dicts, for a trial row.
+
+    Args:
+        epochs: per-epoch metric dicts, each with an ``epoch`` key.
+        metric: the metric that decides "best" (e.g. ``"valid_acc"``); NaN and missing values never win.
+        mode: ``"max"`` or ``"min"``.
+
+    Returns:
+        ``(best_epoch, best_metrics, last_metrics)``; ``best_epoch`` is None (and ``best_metrics`` empty)
+        when no epoch has a finite value for `metric`. Ties keep the earlier epoch.
+
+    Raises:
+        ResultsError: `mode` is not ``"max"``/``"min"`` or an epoch dict has no ``epoch``.
+    """
+    if mode not in ("max", "min"):
+        raise ResultsError(f"mode must be 'max' or 'min', got {mode!r}")
+    rows = list(epochs)
+    for row in rows:
+        if "epoch" not in row:
+            raise ResultsError(f"every epoch dict needs an 'epoch' key, got keys {sorted(row)}")
+    rows.sort(key=lambda r: int(r["epoch"]))
+    best: Mapping[str, Any] | None = None
+    for row in rows:
+        value = row.get(metric)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            continue
+        if best is None or (value > best[metric] if mode == "max" else value < best[metric]):
+            best = row
+    last = dict(rows[-1]) if rows else {}
+    return (int(best["epoch"]) if best is not None else None), (dict(best) if best else {}), last
+
+
+# --------------------------------------------------------------------------------------------------------
+# Provenance
+
+
+def _cpu_model() -> str | None:
+    try:  # Linux only; elsewhere the core count alone is reported.
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:  # not the store: a local probe
+            for line in f:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def hardware_description(*, cpus: int | None = None, gpus: Iterable[str] | None = None) -> str:
+    """A short description of the hardware a trial ran on.
+
+    Example: ``"cpu:2 cores (AMD EPYC 7B13) / 1x NVIDIA H100 80GB HBM3"``.
+
+    Args:
+        cpus: cores the trial had; default: the cores this process may run on.
+        gpus: GPU names; default: the CUDA devices torch sees, if torch is already imported (this module
+            never imports torch itself: it costs seconds and the store must stay light).
+
+    Returns:
+        The description, GPUs grouped by name.
+    """
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
+    model = _cpu_model()
+    text = f"cpu:{cpus} cores" + (f" ({model})" if model else "")
+    if gpus is None:
+        gpus = []
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    names = list(gpus)
+    if names:
+        counts: dict[str, int] = {}
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+        text += " / " + ", ".join(f"{n}x {name}" for name, n in counts.items())
+    return text
+
+
+@lru_cache(maxsize=1)
+def package_versions() -> dict[str, str | None]:
+    """Versions of Python and of the packages that decide a result.
+
+    Keys: ``python``, ``torch``, ``ray``, ``nas_service``.
+
+    Read from installed package metadata (nothing is imported); a missing package gives None.
+    """
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), "torch": version("torch"), "ray": version("ray"),
+            "nas_service": version("nas-service")}  # fmt: skip
+
+
+def _utc(value: Any, field: str) -> dt.datetime:
+    if value is None:
+        return dt.datetime.now(dt.timezone.utc)
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ResultsError(f"{field} must be an ISO 8601 timestamp, got {value!r}") from None
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if not isinstance(value, dt.datetime):
+        raise ResultsError(f"{field} must be a datetime or ISO 8601 text, got {value!r}")
+    # A naive time is taken as UTC: the store only ever writes UTC.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Arrow tables
+
+
+def _value_type(value: Any) -> pa.DataType:
+    if value is None:
+        return pa.null()
+    if isinstance(value, bool):
+        return pa.bool_()
+    if isinstance(value, int):
+        return pa.int64()
+    if isinstance(value, float):
+        return pa.float64()
+    return pa.string()
+
+
+def _one_row(table: TableName, row: Mapping[str, Any]) -> pa.Table:
+    fixed = _FIXED[table]
+    fixed_names = {name for name, _ in fixed}
+    fields = [pa.field(name, typ) for name, typ in fixed]
+    fields += [pa.field(name, _value_type(row[name]))
+               for name in _dynamic_order(table, row) if name not in fixed_names]
+    schema = pa.schema(fields, metadata={_META_VERSION: str(RESULTS_SCHEMA_VERSION).encode(),
+                                         _META_TABLE: table.encode()})  # fmt: skip
+    return pa.Table.from_pylist([dict(row)], schema=schema)
+
+
+def _dynamic_order(table: str, names: Iterable[str]) -> list[str]:
+    fixed = [name for name, _ in _FIXED[table]]
+    rest = sorted(set(names) - set(fixed))
+    if table == "trials":
+        def group(name: str) -> int:
+            return next((i for i, p in enumerate(_TRIAL_GROUPS) if name.startswith(p)), len(_TRIAL_GROUPS))
+        rest.sort(key=lambda n: (group(n), n))
+    return fixed + rest
+
+
+def _empty(table: str) -> pa.Table:
+    return pa.schema([pa.field(n, t) for n, t in _FIXED[table]]).empty_table()
+
+
+def _target_type(types: list[pa.DataType]) -> pa.DataType:
+    """The one type a column gets when parts disagree (a metric that was null in one epoch, int vs float)."""
+    distinct = list(dict.fromkeys(t for t in types if not pa.types.is_null(t)))
+    if not distinct:
+        return pa.null()
+    if len(distinct) == 1:
+        return distinct[0]
+    if all(pa.types.is_integer(t) for t in distinct):
+        return pa.int64()
+    if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in distinct):
+        return pa.float64()
+    if all(pa.types.is_timestamp(t) for t in distinct):
+        return _UTC_TS
+    return pa.string()  # mixed kinds (e.g. bool and text): text keeps every value readable
+
+
+def _unify(table: str, parts: list[pa.Table]) -> pa.Table:
+    """Concatenate parts whose columns differ: the union of columns, missing ones null, types reconciled."""
+    types: dict[str, list[pa.DataType]] = {name: [typ] for name, typ in _FIXED[table]}
+    for part in parts:
+        for field in part.schema:
+            types.setdefault(field.name, []).append(field.type)
+    target = {name: _target_type(ts) for name, ts in types.items()}
+    order = _dynamic_order(table, target)
+    schema = pa.schema([pa.field(name, target[name]) for name in order])
+    aligned = []
+    for part in parts:
+        columns = []
+        for field in schema:
+            if field.name in part.column_names:
+                column = part.column(field.name)
+                columns.append(column if column.type == field.type else column.cast(field.type))
+            else:
+                columns.append(pa.nulls(part.num_rows, field.type))
+        aligned.append(pa.Table.from_arrays(columns, schema=schema))
+    return pa.concat_tables(aligned) if aligned else schema.empty_table()
+
+
+def _pandas_type(typ: pa.DataType) -> Any:
+    # Nullable integer and boolean dtypes, so a seed or an epoch stays an integer even beside nulls.
+    if pa.types.is_integer(typ):
+        return pd.Int64Dtype()
+    if pa.types.is_boolean(typ):
+        return pd.BooleanDtype()
+    return None
+
+
+def _to_frame(table: str, data: pa.Table) -> pd.DataFrame:
+    frame = data.to_pandas(types_mapper=_pandas_type)
+    if len(frame):
+        key, tiebreak = list(_KEYS[table]), list(_TIEBREAK[table])
+        # Highest attempt wins; a tie (the same key written twice) keeps the later write.
+        frame = frame.sort_values(key + tiebreak, kind="stable", na_position="first")
+        frame = frame.drop_duplicates(subset=key, keep="last")
+        frame = frame.sort_values(list(_ORDER[table]), kind="stable").reset_index(drop=True)
+    return frame
+
+
+# --------------------------------------------------------------------------------------------------------
+# The store
+
+
+class ResultsStore:
+    """Parquet results of one experiment under ``<location>/<experiment>/results/``.
+
+    Example::
+
+        store = ResultsStore("runs", "quickstart")            # or "s3://bucket/runs", "file:///abs/runs"
+        store.write_epoch("t1", 0, {"stage": "search", "seed": 0, "epoch": 0, "valid_acc": 0.9})
+        store.write_trial("t1", 0, {"stage": "search", "status": "finished", "config": {...}})
+        store.epochs(), store.trials()                       # deduplicated DataFrames
+
+    Args:
+        location: storage root, a local path or a URI (see :func:`resolve_location`); with `filesystem`, a
+            path inside that file system.
+        experiment: the experiment name (a folder name).
+        filesystem: an explicit pyarrow file system (tests, or a configured S3FileSystem with credentials).
+
+    Raises:
+        ResultsError: bad location or experiment name.
+    """
+
+    def __init__(self, location: str | os.PathLike[str], experiment: str, *,
+                 filesystem: pafs.FileSystem | None = None) -> None:  # fmt: skip
+        if filesystem is None:
+            self.filesystem, base = resolve_location(location)
+        else:
+            self.filesystem, base = filesystem, os.fspath(location).rstrip("/")
+        self.experiment = _check_name("experiment", experiment)
+        self.root = _join(base, experiment, "results") if base else _join(experiment, "results")
+        self._atomic_rename = _supports_atomic_rename(self.filesystem)
+        self._made_dirs: set[str] = set()
+
+    @classmethod
+    def from_experiment_path(cls, path: str | os.PathLike[str]) -> ResultsStore:
+        """The store of an experiment folder given as one path or URI.
+
+        Example: ``ResultsStore.from_experiment_path("s3://bucket/runs/quickstart")``.
+        """
+        fs, full = resolve_location(path)
+        base, _, experiment = full.rpartition("/")
+        return cls(base or "/", experiment, filesystem=fs)
+
+    def __repr__(self) -> str:
+        return f"ResultsStore({self.root!r}, filesystem={self.filesystem.type_name})"
+
+    # ---- writing
+
+    def write_epoch(self, trial_id: str, attempt: int, row: Mapping[str, Any]) -> str:
+        """Write one trial-epoch row as its own immutable part file.
+
+        Args:
+            trial_id: the trial's deterministic id.
+            attempt: which run of the trial wrote it; must grow when a trial resumes, so a rewritten epoch
+                replaces the old one at read time.
+            row: ``stage`` and ``epoch`` (required), ``seed`` (optional), and every metric of the epoch.
+                Numbers are stored as float64, bools as bool, text as text, dicts/lists (e.g. a genotype)
+                as JSON text. ``experiment``, ``trial_id``, ``attempt`` may be present if they agree.
+
+        Returns:
+            The part's path inside the store's file system.
+
+        Raises:
+            ResultsError: a missing or invalid identity field, or a metric that cannot be stored.
+        """
+        _check_name("trial_id", trial_id)
+        attempt = _check_count("attempt", attempt)  # type: ignore[assignment]
+        values = dict(row)
+        self._check_identity(values, trial_id, attempt)
+        stage = values.pop("stage", None)
+        if not isinstance(stage, str) or not stage:
+            raise ResultsError(f"epoch row needs a non-empty 'stage', got {stage!r}")
+        epoch = _check_count("epoch", values.pop("epoch", None))
+        seed = _check_count("seed", values.pop("seed", None), nullable=True)
+        record: dict[str, Any] = {
+            "schema_version": RESULTS_SCHEMA_VERSION, "experiment": self.experiment, "stage": stage,
+            "trial_id": trial_id, "attempt": attempt, "seed": seed, "epoch": epoch,
+            "written_at": dt.datetime.now(dt.timezone.utc),
+        }  # fmt: skip
+        for name, value in values.items():
+            if not isinstance(name, str) or not name:
+                raise ResultsError(f"metric names must be non-empty strings, got {name!r}")
+            if name in record:
+                raise ResultsError(f"metric {name!r} collides with a fixed column of the epoch table")
+            record[name] = _metric_value(name, value)
+        return self._put("epochs", trial_id, f"epoch={epoch:05d}-attempt={attempt}.parquet",
+                         _one_row("epochs", record))  # fmt: skip
+
+    def write_trial(self, trial_id: str, attempt: int, row: Mapping[str, Any]) -> str:
+        """Write the row of a trial that ended (finished, diverged or errored) as an immutable part file.
+
+        Args:
+            trial_id: the trial's deterministic id.
+            attempt: which run of the trial ended; a later attempt replaces this row at read time.
+            row: ``stage`` and ``status`` (required) and any of: ``stage_kind``, ``seed`` (default:
+                ``config["seed"]``), ``config`` (the full resolved config: stored as ``config_json`` and as
+                flattened ``config.*`` columns), ``arm`` (default: :func:`arm_id` of stage and config),
+                ``lineage_trial_id``, ``lineage_stage``, ``protocol``, ``genotype``/``path`` (an object with
+                ``to_dict()``, a dict or JSON text), ``params``, ``epochs_completed``, ``best_epoch``,
+                ``best_metric``, ``best``/``last`` (metric dicts at those epochs: their numeric entries
+                become ``best.<name>``/``last.<name>``), ``wall_seconds``, ``cpu_seconds``,
+                ``gpu_seconds``, ``hardware`` (default: :func:`hardware_description`), ``versions``
+                (overrides of :func:`package_versions`), ``checkpoint``, ``finished_at`` (default: now,
+                UTC), ``error``, ``extra`` (a dict stored as ``extra.<name>`` columns).
+
+        Returns:
+            The part's path inside the store's file system.
+
+        Raises:
+            ResultsError: an unknown key (listing the known ones), a bad status, or an invalid value.
+        """
+        _check_name("trial_id", trial_id)
+        attempt = _check_count("attempt", attempt)  # type: ignore[assignment]
+        values = dict(row)
+        unknown = sorted(set(values) - _TRIAL_ROW_KEYS, key=str)
+        if unknown:
+            raise ResultsError(f"trial row keys must be among {sorted(_TRIAL_ROW_KEYS)}; unknown: {unknown}"
+                               " (put anything else under 'extra')")  # fmt: skip
+        self._check_identity(values, trial_id, attempt)
+        stage = values.get("stage")
+        if not isinstance(stage, str) or not stage:
+            raise ResultsError(f"trial row needs a non-empty 'stage', got {stage!r}")
+        status = values.get("status")
+        if status not in STATUSES:
+            raise ResultsError(f"trial status must be one of {list(STATUSES)}, got {status!r}")
+        config = values.get("config") or {}
+        if not isinstance(config, Mapping):
+            raise ResultsError(f"trial 'config' must be a mapping, got {type(config).__name__}")
+        seed = values.get("seed", config.get("seed"))
+        versions = {**package_versions(), **(values.get("versions") or {})}
+
+        record: dict[str, Any] = {
+            "schema_version": RESULTS_SCHEMA_VERSION, "experiment": self.experiment, "stage": stage,
+            "stage_kind": _opt_text("stage_kind", values.get("stage_kind")), "trial_id": trial_id,
+            "attempt": attempt, "arm": values.get("arm") or arm_id(stage, config),
+            "seed": _check_count("seed", seed, nullable=True), "status": status,
+            "lineage_trial_id": _opt_text("lineage_trial_id", values.get("lineage_trial_id")),
+            "lineage_stage": _opt_text("lineage_stage", values.get("lineage_stage")),
+            "protocol": _opt_text("protocol", values.get("protocol")),
+            "genotype_json": _architecture_json("genotype", values),
+            "path_json": _architecture_json("path", values),
+            "params": _check_count("params", values.get("params"), nullable=True),
+            "epochs_completed": _check_count("epochs_completed", values.get("epochs_completed"),
+                                             nullable=True),
+            "best_epoch": _check_count("best_epoch", values.get("best_epoch"), nullable=True),
+            "best_metric": _opt_text("best_metric", values.get("best_metric")),
+            "wall_seconds": _opt_float("wall_seconds", values.get("wall_seconds")),
+            "cpu_seconds": _opt_float("cpu_seconds", values.get("cpu_seconds")),
+            "gpu_seconds": _opt_float("gpu_seconds", values.get("gpu_seconds")),
+            "hardware": _opt_text("hardware", values.get("hardware") or hardware_description()),
+            **{f"version.{k}": _opt_text(f"versions.{k}", versions.get(k)) for k in _VERSION_KEYS},
+            "checkpoint": _opt_text("checkpoint", values.get("checkpoint")),
+            "finished_at": _utc(values.get("finished_at"), "finished_at"),
+            "error": _opt_text("error", values.get("error")),
+            "config_json": _to_json(config),
+        }  # fmt: skip
+        record.update(flatten_config(config, prefix="config."))
+        for which in ("best", "last"):
+            metrics = values.get(which) or {}
+            if not isinstance(metrics, Mapping):
+                raise ResultsError(f"trial '{which}' must map metric names to values, got {metrics!r}")
+            for name, value in metrics.items():
+                # Numbers only: a genotype at the best epoch lives in genotype_json, text has no mean.
+                if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                    record[f"{which}.{name}"] = float(value)
+        for name, value in (values.get("extra") or {}).items():
+            record[f"extra.{name}"] = _metric_value(f"extra.{name}", value)
+        return self._put("trials", trial_id, f"attempt={attempt}.parquet", _one_row("trials", record))
+
+    def _check_identity(self, values: dict[str, Any], trial_id: str, attempt: int) -> None:
+        # The store owns these columns; a row may repeat them (e.g. a dict built for logging) but must agree.
+        expected = {"trial_id": trial_id, "attempt": attempt, "experiment": self.experiment,
+                    "schema_version": RESULTS_SCHEMA_VERSION}  # fmt: skip
+        for name, want in expected.items():
+            if name in values:
+                got = values.pop(name)
+                if got != want:
+                    raise ResultsError(
+                        f"row field {name!r} must equal {want!r} (set by the store), got {got!r}")
+
+    def _put(self, table: str, trial_id: str, file_name: str, data: pa.Table) -> str:
+        folder = _join(self.root, table, f"trial={trial_id}")
+        final = _join(folder, file_name)
+        sink = pa.BufferOutputStream()
+        pq.write_table(data, sink)
+        payload = sink.getvalue()
+        if folder not in self._made_dirs:
+            # Object stores need no folders, but local, mock and HDFS file systems do; once per trial.
+            self.filesystem.create_dir(folder, recursive=True)
+            self._made_dirs.add(folder)
+        if not self._atomic_rename:
+            # One PUT: an object store makes it visible whole or not at all. No rename, no delete.
+            with self.filesystem.open_output_stream(final) as out:
+                out.write(payload)
+            return final
+        # A hidden temp name in the same folder, then an atomic rename: readers never see half a file,
+        # and a crash leaves only a hidden leftover that readers skip.
+        temp = _join(folder, f".{file_name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with self.filesystem.open_output_stream(temp) as out:
+                out.write(payload)
+            self.filesystem.move(temp, final)
+        except BaseException:
+            try:
+                self.filesystem.delete_file(temp)  # our own temp file, never a part
+            except OSError:
+                pass
+            raise
+        return final
+
+    # ---- reading
+
+    def part_paths(self, table: TableName, *, trial_ids: Iterable[str] | None = None) -> list[str]:
+        """The visible part files of `table` (hidden and temp names skipped), sorted.
+
+        Args:
+            table: ``"epochs"`` or ``"trials"``.
+            trial_ids: only these trials' folders (cheap: nothing else is listed).
+        """
+        _check_table(table)
+        base = _join(self.root, table)
+        folders = [base] if trial_ids is None else [_join(base, f"trial={_check_name('trial_id', t)}")
+                                                    for t in trial_ids]  # fmt: skip
+        paths = []
+        for folder in folders:
+            selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
+            for info in self.filesystem.get_file_info(selector):
+                if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
+                    continue
+                relative = info.path[len(base):].strip("/").split("/")
+                if any(part.startswith((".", "_")) for part in relative):
+                    continue
+                paths.append(info.path)
+        return sorted(paths)
+
+    def read_table(self, table: TableName, *, trial_ids: Iterable[str] | None = None,
+                   on_bad_part: Literal["warn", "raise"] = "warn") -> pa.Table:  # fmt: skip
+        """Every visible part of `table`, concatenated (not deduplicated) with the union of columns.
+
+        Args:
+            table: ``"epochs"`` or ``"trials"``.
+            trial_ids: only these trials.
+            on_bad_part: an unreadable part (e.g. truncated on a file system without atomic writes) is
+                skipped with a :class:`ResultsWarning` (``"warn"``) or raises (``"raise"``).
+
+        Raises:
+            ResultsSchemaError: a part was written by a newer schema version than this reader knows.
+        """
+        if on_bad_part not in ("warn", "raise"):
+            raise ResultsError(f"on_bad_part must be 'warn' or 'raise', got {on_bad_part!r}")
+        paths = self.part_paths(table, trial_ids=trial_ids)
+
+        def read(path: str) -> pa.Table | Exception:
+            try:
+                with self.filesystem.open_input_file(path) as f:
+                    return pq.read_table(f)
+            except (pa.ArrowException, OSError) as err:
+                return err
+
+        # Parts are tiny and an object store answers each GET with latency: read them concurrently.
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(paths)))) as pool:
+            loaded = list(pool.map(read, paths))
+        parts = []
+        for path, part in zip(paths, loaded):
+            if isinstance(part, Exception):
+                if on_bad_part == "raise":
+                    raise ResultsError(
+                        f"results part {path!r} must be a readable Parquet file: {part}") from part
+                warnings.warn(f"skipping unreadable results part {path!r}: {part}", ResultsWarning,
+                              stacklevel=2)
+                continue
+            _check_version(path, part)
+            parts.append(part)
+        return _unify(table, parts) if parts else _empty(table)
+
+    def epochs(self, *, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """One row per (trial_id, epoch), the highest attempt winning, sorted by stage, trial_id, epoch.
+
+        Columns: the fixed ones of :func:`epoch_columns`, then every metric seen in any part, by name.
+        """
+        return _to_frame("epochs", self.read_table("epochs", trial_ids=trial_ids))
+
+    def trials(self, *, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """One row per trial_id, the highest attempt winning, sorted by stage, trial_id.
+
+        Columns: the fixed ones of :func:`trial_columns`, then ``config.*``, ``best.*``, ``last.*``,
+        ``extra.*``, each by name.
+        """
+        return _to_frame("trials", self.read_table("trials", trial_ids=trial_ids))
+
+    def trial_statuses(self) -> dict[str, str]:
+        """The latest status of every trial that has a trial row: ``{trial_id: status}``."""
+        frame = self.trials()
+        return dict(zip(frame["trial_id"], frame["status"]))
+
+    def finished_trial_ids(self) -> set[str]:
+        """Trials done for good (status in :data:`TERMINAL_STATUSES`: finished, or diverged which is not
+        retried), i.e. the ones a resumed run must not start again. Errored trials are not included."""
+        return {t for t, status in self.trial_statuses().items() if status in TERMINAL_STATUSES}
+
+    def export(self, table: TableName, destination: str | os.PathLike[str], *,
+               format: ExportFormat | None = None) -> str:  # fmt: skip
+        """Write the deduplicated `table` to one file (local path or URI).
+
+        Args:
+            table: ``"epochs"`` or ``"trials"``.
+            destination: the file to write; its parent folder is created.
+            format: ``"csv"``, ``"parquet"`` or ``"json"`` (records); default: from the file extension.
+
+        Returns:
+            The written path inside its file system.
+
+        Raises:
+            ResultsError: unknown table or format.
+        """
+        _check_table(table)
+        fmt = format or os.path.splitext(os.fspath(destination))[1].lstrip(".").lower()
+        frame = self.epochs() if table == "epochs" else self.trials()
+        payload = serialize(frame, fmt)  # type: ignore[arg-type]
+        fs, path = resolve_location(destination)
+        parent = path.rpartition("/")[0]
+        if parent:
+            fs.create_dir(parent, recursive=True)
+        with fs.open_output_stream(path) as out:
+            out.write(payload)
+        return path
+
+
+def _check_table(table: str) -> None:
+    if table not in TABLES:
+        raise ResultsError(f"table must be one of {list(TABLES)}, got {table!r}")
+
+
+def _check_version(path: str, part: pa.Table) -> None:
+    meta = part.schema.metadata or {}
+    versions = {int(meta[_META_VERSION])} if _META_VERSION in meta else set()
+    if "schema_version" in part.column_names:
+        versions |= {int(v) for v in part.column("schema_version").to_pylist() if v is not None}
+    newest = max(versions, default=RESULTS_SCHEMA_VERSION)
+    if newest > RESULTS_SCHEMA_VERSION:
+        raise ResultsSchemaError(
+            f"results part {path!r} has schema_version {newest}; this nas-service reads versions up to "
+            f"{RESULTS_SCHEMA_VERSION}: upgrade nas-service to read it"
+        )
+
+
+def _opt_text(field: str, value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ResultsError(f"{field} must be text or None, got {value!r}")
+
+
+def _opt_float(field: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ResultsError(f"{field} must be a number or None, got {value!r}")
+    return float(value)
+
+
+def _architecture_json(kind: str, values: Mapping[str, Any]) -> str | None:
+    """genotype_json / path_json from `genotype`/`path` (object, dict or JSON text) or the column name."""
+    given = [key for key in (kind, f"{kind}_json") if values.get(key) is not None]
+    if len(given) > 1:
+        raise ResultsError(f"give the {kind} once, as {kind!r} or {kind + '_json'!r}, not both")
+    if not given:
+        return None
+    value = values[given[0]]
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ResultsError(
+                f"{given[0]} text must be JSON (resolve published names first), got {value!r}") from None
+    return _to_json(value)
+
+
+def epoch_columns() -> list[str]:
+    """The fixed columns of the epoch table, in order (metrics follow, by name)."""
+    return [name for name, _ in _EPOCH_FIELDS]
+
+
+def trial_columns() -> list[str]:
+    """The fixed columns of the trial table, in order.
+
+    ``config.*``, ``best.*``, ``last.*`` and ``extra.*`` columns follow, each group by name.
+    """
+    return [name for name, _ in _TRIAL_FIELDS]
+
+
+def read_epochs(location: str | os.PathLike[str], experiment: str, *,
+                filesystem: pafs.FileSystem | None = None) -> pd.DataFrame:  # fmt: skip
+    """The deduplicated epoch table of an experiment (see :meth:`ResultsStore.epochs`)."""
+    return ResultsStore(location, experiment, filesystem=filesystem).epochs()
+
+
+def read_trials(location: str | os.PathLike[str], experiment: str, *,
+                filesystem: pafs.FileSystem | None = None) -> pd.DataFrame:  # fmt: skip
+    """The deduplicated trial table of an experiment (see :meth:`ResultsStore.trials`)."""
+    return ResultsStore(location, experiment, filesystem=filesystem).trials()
+
+
+def serialize(frame: pd.DataFrame, format: ExportFormat) -> bytes:
+    """A table as the bytes of one file: ``csv``, ``parquet`` or ``json`` (a list of records, ISO times).
+
+    Raises:
+        ResultsError: unknown format.
+    """
+    if format == "csv":
+        return frame.to_csv(index=False).encode()
+    if format == "json":
+        return frame.to_json(orient="records", date_format="iso", date_unit="us").encode()
+    if format == "parquet":
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
+        return buffer.getvalue()
+    raise ResultsError(f"export format must be one of {list(EXPORT_FORMATS)}, got {format!r}")

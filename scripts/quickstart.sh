@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up the environment (idempotent) and runs the main job on the embedded digits data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export RAY_USAGE_STATS_ENABLED=0
+exec .venv/bin/nas-service quickstart "$@"
