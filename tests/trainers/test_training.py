@@ -16,8 +16,8 @@ from trainers.loop import ResumeMismatchError
 from trainers.retrain import run_retrain, score_checkpoint
 from trainers.search import run_cell_search, run_hypercuboid_search
 
-# Search presets sized for tests: two epochs of the digits recipe at C=4, no warm-up.
-FAST_SEARCH = {"epochs": 2, "init_channels": 4, "schedule": {"warmup_epochs": 0, "max_lr": 0.05}}
+# Search presets sized for tests: two epochs of the digits recipe at C=6, no warm-up.
+FAST_SEARCH = {"epochs": 2, "init_channels": 6, "schedule": {"warmup_epochs": 0, "max_lr": 0.05}}
 TIMING_KEYS = {"epoch_seconds", "images_per_second"}
 
 
