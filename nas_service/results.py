@@ -272,8 +272,8 @@ def _metric_value(name: str, value: Any) -> Any:
     """A metric as stored: numbers -> float, bools stay bools, text stays text, dicts/lists -> JSON text."""
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy bools are not numbers.Number
-        return bool(value)
+    if isinstance(value, bool):
+        return value
     if isinstance(value, numbers.Real):
         return float(value)
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
@@ -602,7 +602,8 @@ class ResultsStore:
         if filesystem is None:
             self.filesystem, base = resolve_location(location)
         else:
-            self.filesystem, base = filesystem, os.fspath(location).rstrip("/")
+            text = os.fspath(location)
+            self.filesystem, base = filesystem, text.rstrip("/") or ("/" if text.startswith("/") else "")
         self.experiment = _check_name("experiment", experiment)
         self.root = _join(base, experiment, "results") if base else _join(experiment, "results")
         self._atomic_rename = _supports_atomic_rename(self.filesystem)
@@ -616,7 +617,9 @@ class ResultsStore:
         """
         fs, full = resolve_location(path)
         base, _, experiment = full.rpartition("/")
-        return cls(base or "/", experiment, filesystem=fs)
+        if not base and full.startswith("/"):
+            base = "/"  # an experiment folder at the root of a local disk
+        return cls(base, experiment, filesystem=fs)
 
     def __repr__(self) -> str:
         return f"ResultsStore({self.root!r}, filesystem={self.filesystem.type_name})"

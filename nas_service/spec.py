@@ -57,9 +57,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from search_spaces.genotypes import GenotypeError, Genotype, list_published, resolve_genotype
+from search_spaces.genotypes import Genotype, GenotypeError, list_published
 from search_spaces.paths import HYPERCUBOID_OPS, HyperCuboidPath, PathError, list_published_paths
-from trainers.config import ConfigError, TrainConfig, config_to_dict, get_recipe, list_recipes, with_overrides
+from trainers.config import ConfigError, TrainConfig, get_recipe, list_recipes, with_overrides
 
 __all__ = [
     "STAGE_KINDS",
@@ -112,7 +112,8 @@ UPSTREAM_KINDS: dict[str, tuple[str, ...]] = {
 }
 # Per-epoch metrics of a retrain / grid trial (trainers.retrain), for ASHA.
 RETRAIN_METRICS = (
-    "valid_top1", "valid_top5", "valid_loss", "test_top1", "test_top5", "test_loss", "train_top1", "train_loss",
+    "valid_top1", "valid_top5", "valid_loss", "test_top1", "test_top5", "test_loss",
+    "train_top1", "train_loss",
 )  # fmt: skip
 # Config fields a spec must not set through overrides or sweep, and what to use instead.
 _RESERVED_FIELDS = {
@@ -159,6 +160,9 @@ class SpecError(ValueError):
         where = f" {source}" if source else ""
         lines = "\n".join(f"  {issue}" for issue in self.issues)
         super().__init__(f"invalid experiment spec{where} ({len(self.issues)} problem(s)):\n{lines}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles (e.g. across processes) with its issues intact
+        return (type(self), (self.issues, self.source))
 
 
 def _show(value: Any, limit: int = 160) -> str:
@@ -300,13 +304,14 @@ class InlineGenotype(_Model):
     reduce_concat: list[StrictInt] | None = None
 
 
+_HyperCuboidOp = Literal[HYPERCUBOID_OPS]  # type: ignore[valid-type]
+
+
 class InlinePath(_Model):
     """A HyperCuboid path written out: the stem width, then ``[stride, c_in, c_out, op]`` per stage."""
 
     stem_channels: PositiveInt
-    stages: list[tuple[Literal[1, 2], PositiveInt, PositiveInt, Literal[HYPERCUBOID_OPS]]] = Field(  # type: ignore[valid-type]
-        min_length=2
-    )
+    stages: list[tuple[Literal[1, 2], PositiveInt, PositiveInt, _HyperCuboidOp]] = Field(min_length=2)
     head_channels: PositiveInt = 768
 
 
@@ -325,7 +330,7 @@ class OptunaSpec(_Model):
 
 
 class AshaSpec(_Model):
-    """ASHA early stopping for a grid stage (mode follows the metric: losses minimise, accuracies maximise)."""
+    """ASHA early stopping for a grid stage; the mode follows the metric (losses: min, accuracies: max)."""
 
     grace_period: PositiveInt = Field(1, description="epochs every trial runs before it can be stopped")
     reduction_factor: StrictFloat = Field(4.0, gt=1)
@@ -372,16 +377,6 @@ class _TrainStageBase(_StageBase):
     def _distinct_seeds(cls, v: list[int]) -> list[int]:
         return _unique(v)
 
-    @field_validator("sweep")
-    @classmethod
-    def _distinct_values(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        for key, values in v.items():
-            try:
-                _unique(values)
-            except ValueError as err:
-                raise ValueError(f"sweep.{key}: {err}") from None
-        return v
-
 
 class CellSearchStage(_TrainStageBase):
     """A differentiable cell search; each trial chooses a genotype."""
@@ -412,7 +407,11 @@ def _candidate_tag(v: Any) -> str:
 
 
 _Candidate = Annotated[
-    Union[Annotated[str, Tag("@name")], Annotated[InlinePath, Tag("@inline")], Annotated[RandomPaths, Tag("@random")]],
+    Union[
+        Annotated[str, Tag("@name")],
+        Annotated[InlinePath, Tag("@inline")],
+        Annotated[RandomPaths, Tag("@random")],
+    ],
     Discriminator(_candidate_tag),
 ]
 
@@ -427,7 +426,7 @@ class RetrainStage(_TrainStageBase):
 
 
 class GridStage(_TrainStageBase):
-    """Plain training of fixed HyperCuboid paths (human, random, listed), or an Optuna search over the grid."""
+    """Plain training of fixed HyperCuboid paths (human, random, listed), or an Optuna search of the grid."""
 
     kind: Literal["grid"]
     from_: FromRef | None = Field(None, alias="from")
@@ -509,9 +508,8 @@ class ExperimentSpec(_Model):
     def _meaning(self) -> ExperimentSpec:
         issues = check_spec(self)
         if issues:
-            raise PydanticCustomError(
-                "spec_rules", "{count} problem(s)", {"count": len(issues), "issues": [tuple(i) for i in issues]}
-            )
+            context = {"count": len(issues), "issues": [tuple(i) for i in issues]}
+            raise PydanticCustomError("spec_rules", "{count} problem(s)", context)
         return self
 
     # -- lookups ------------------------------------------------------------------------------------------
@@ -560,7 +558,7 @@ def nest_dotted(mapping: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def sweep_points(stage: Any) -> list[dict[str, Any]]:
-    """The grid of a stage's ``sweep`` axes, in spec order (the last axis varies fastest); ``[{}]`` if none."""
+    """The grid of a stage's ``sweep`` axes in spec order (the last axis varies fastest); ``[{}]`` if none."""
     sweep = getattr(stage, "sweep", {}) or {}
     keys = list(sweep)
     return [dict(zip(keys, values)) for values in itertools.product(*(sweep[k] for k in keys))]
@@ -580,10 +578,26 @@ def _config_issue(err: ConfigError, path: str, value: Any = None, *, field: str 
     if not got_sep:
         rule, got = rest, _show(value)
     if field is None:
-        path = f"{path}.{head}"
+        path = f"{path}.{head}" if path else head
+        if not got_sep:
+            rule, got = rest, _show(_dig(value, head))
     elif head != field:
         rule = f"{head}: {rule}"
     return Issue(path, rule, got)
+
+
+def _dig(value: Any, dotted: str) -> Any:
+    """``value["a"]["b"]`` for ``"a.b"`` where it exists, else ``value``."""
+    node = value
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return value
+        node = node[part]
+    return node
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 def _recipe_issue(stage: Any, where: str) -> Issue | None:
@@ -596,7 +610,8 @@ def _recipe_issue(stage: Any, where: str) -> Issue | None:
     if actual != wanted:
         return Issue(
             f"{where}.recipe",
-            f"a {stage.kind} stage needs a {wanted} recipe, this one is a {actual} recipe; {wanted} recipes: {matching}",
+            f"{_a(stage.kind)} stage needs {_a(wanted)} recipe, this one is {_a(actual)} recipe; "
+            f"{wanted} recipes: {matching}",
             _show(stage.recipe),
         )
     return None
@@ -634,13 +649,21 @@ def _base_config(spec: ExperimentSpec, stage: Any, where: str) -> tuple[TrainCon
     reserved = [k for k in overrides if k in _RESERVED_FIELDS]
     if reserved:
         key = reserved[0]
-        return None, [Issue(f"{where}.overrides.{key}", f"is not set through overrides; use {_RESERVED_FIELDS[key]}",
-                            _show(overrides[key]))]  # fmt: skip
+        rule = f"is not set through overrides; use {_RESERVED_FIELDS[key]}"
+        return None, [Issue(f"{where}.overrides.{key}", rule, _show(overrides[key]))]
     try:
         config = with_overrides(config, overrides)
     except ConfigError as err:
         return None, [_config_issue(err, f"{where}.overrides", overrides)]
-    issues = [Issue(f"{where}.overrides.{p}", r, v) for p, r, v in _registered_names(config)]
+    issues = []
+    for field, rule, value in _registered_names(config):
+        # A name the stage did not set came from the spec's data defaults (or the recipe).
+        set_here = _dig(overrides, field) is not overrides
+        if set_here:
+            at = f"{where}.overrides.{field}"
+        else:
+            at = field if field.startswith("data.") else f"{where}.recipe"
+        issues.append(Issue(at, rule, value))
     return (config if not issues else None), issues
 
 
@@ -659,7 +682,8 @@ def _registered_names(config: TrainConfig) -> list[tuple[str, str, str]]:
         out.append(("data.dataset", f"is test-only (no training split); training data sets: {trainable}",
                     _show(config.data.dataset)))  # fmt: skip
     if config.kind == "cell_search" and config.space not in list_search_spaces():
-        out.append(("space", f"must be a registered search space; known: {list_search_spaces()}", _show(config.space)))
+        known = list_search_spaces()
+        out.append(("space", f"must be a registered search space; known: {known}", _show(config.space)))
     if config.kind == "retrain" and config.op_set is not None and config.op_set not in OP_SETS:
         out.append(("op_set", f"must be a registered op set; known: {OP_SETS.names()}", _show(config.op_set)))
     return out
@@ -669,6 +693,11 @@ def _sweep_issues(config: TrainConfig, stage: Any, where: str) -> list[Issue]:
     issues: list[Issue] = []
     for key, values in stage.sweep.items():
         at = f"{where}.sweep.{key}"
+        try:
+            _unique(values)
+        except ValueError as err:
+            issues.append(Issue(at, str(err), _show(values)))
+            continue
         if key.split(".")[0] in _RESERVED_FIELDS:
             first = key.split(".")[0]
             issues.append(Issue(at, f"is not an axis; use {_RESERVED_FIELDS[first]}", _show(values)))
@@ -677,12 +706,13 @@ def _sweep_issues(config: TrainConfig, stage: Any, where: str) -> list[Issue]:
             try:
                 axis_config = with_overrides(config, nest_dotted({key: value}))
             except ConfigError as err:
+                if "unknown field" in str(err):  # one line per unknown key, not one per value
+                    issues.append(_config_issue(err, at, values, field=key))
+                    break
                 issues.append(_config_issue(err, f"{at}[{j}]" if len(values) > 1 else at, value, field=key))
-                if "unknown field" in str(err):
-                    break  # one line per unknown key, not one per value
                 continue
-            issues.extend(Issue(f"{at}[{j}]", f"{p}: {r}", v) for p, r, v in _registered_names(axis_config)
-                          if p == key)  # fmt: skip
+            issues.extend(Issue(f"{at}[{j}]" if len(values) > 1 else at, r, v)
+                          for p, r, v in _registered_names(axis_config) if p == key)  # fmt: skip
     if issues or len(stage.sweep) < 2:
         return issues
     for point in sweep_points(stage):  # each value is fine alone; combinations may still clash
@@ -702,7 +732,8 @@ def _arch_name_issues(stage: Any, where: str, config: TrainConfig | None) -> lis
         at = f"{where}.genotypes[{j}]"
         if isinstance(ref, str):
             if ref not in list_published():
-                issues.append(Issue(at, f"must be a published genotype; known: {list_published()}", _show(ref)))
+                rule = f"must be a published genotype; known: {list_published()}"
+                issues.append(Issue(at, rule, _show(ref)))
             elif op_set is not None:
                 try:
                     get_published(ref).genotype.validate(op_set)
@@ -710,18 +741,18 @@ def _arch_name_issues(stage: Any, where: str, config: TrainConfig | None) -> lis
                     issues.append(Issue(at, f"op_set {op_set!r}: {err}", _show(ref)))
             continue
         try:
-            # Inline genotypes train with the stage's op_set, or the 'sharp' ops by default (trainers.retrain).
+            # Inline genotypes train with the stage's op_set, else the 'sharp' ops (as trainers.retrain).
             Genotype.from_dict(ref.model_dump(exclude_none=True)).validate(op_set or "sharp")
         except GenotypeError as err:
             issues.append(Issue(at, str(err), _show(ref.model_dump(exclude_none=True))))
-    refs = [("paths", r) for r in getattr(stage, "paths", [])] + [("candidates", r) for r in getattr(stage, "candidates", [])]
-    counters = {"paths": 0, "candidates": 0}
+    refs = [(f"paths[{j}]", r) for j, r in enumerate(getattr(stage, "paths", []))]
+    refs += [(f"candidates[{j}]", r) for j, r in enumerate(getattr(stage, "candidates", []))]
     for field_name, ref in refs:
-        at = f"{where}.{field_name}[{counters[field_name]}]"
-        counters[field_name] += 1
+        at = f"{where}.{field_name}"
         if isinstance(ref, str):
             if ref not in list_published_paths():
-                issues.append(Issue(at, f"must be a published path; known: {list_published_paths()}", _show(ref)))
+                rule = f"must be a published path; known: {list_published_paths()}"
+                issues.append(Issue(at, rule, _show(ref)))
         elif isinstance(ref, InlinePath):
             try:
                 HyperCuboidPath.from_dict(ref.model_dump())
@@ -736,8 +767,8 @@ def check_spec(spec: ExperimentSpec) -> list[Issue]:
     index: dict[str, int] = {}
     for i, stage in enumerate(spec.stages):
         if stage.name in index:
-            issues.append(Issue(f"stages[{i}].name", f"must be unique; stages[{index[stage.name]}] has the same name",
-                                _show(stage.name)))  # fmt: skip
+            rule = f"must be unique; stages[{index[stage.name]}] has the same name"
+            issues.append(Issue(f"stages[{i}].name", rule, _show(stage.name)))
         else:
             index[stage.name] = i
     if spec.data.dataset is not None:
@@ -748,7 +779,8 @@ def check_spec(spec: ExperimentSpec) -> list[Issue]:
                                 _show(spec.data.dataset)))  # fmt: skip
     for i, stage in enumerate(spec.stages):
         issues.extend(_check_stage(spec, i, stage, index))
-    return issues
+    # A bad data default shows up once per stage that uses it; say it once.
+    return list(dict.fromkeys(issues))
 
 
 def _check_stage(spec: ExperimentSpec, i: int, stage: Any, index: dict[str, int]) -> list[Issue]:
@@ -788,19 +820,19 @@ def _check_from(spec: ExperimentSpec, i: int, stage: Any, index: dict[str, int],
         return None
     j = index[ref.stage]
     if j >= i:
-        issues.append(Issue(
-            at, f"must name an earlier stage: stage {stage.name!r} (stages[{i}]) refers to {ref.stage!r} "
-                f"(stages[{j}]), which {'is itself' if j == i else 'comes later'}", _show(ref.stage)))  # fmt: skip
+        rule = (f"must name an earlier stage: stage {stage.name!r} (stages[{i}]) refers to {ref.stage!r} "
+                f"(stages[{j}]), which {'is itself' if j == i else 'comes later'}")  # fmt: skip
+        issues.append(Issue(at, rule, _show(ref.stage)))
         return None
     upstream = spec.stages[j]
     allowed = UPSTREAM_KINDS[stage.kind]
     if upstream.kind not in allowed:
-        issues.append(Issue(at, f"a {stage.kind} stage takes results of {list(allowed)} stages; "
+        issues.append(Issue(at, f"{_a(stage.kind)} stage takes results of {list(allowed)} stages; "
                                 f"{ref.stage!r} is a {upstream.kind} stage", _show(ref.stage)))  # fmt: skip
         return None
     if ref.parse == "no_hack" and upstream.kind != "cell_search":
-        issues.append(Issue(f"stages[{i}].from.parse", f"applies to cell searches; {ref.stage!r} is a "
-                                                       f"{upstream.kind} stage", _show(ref.parse)))  # fmt: skip
+        rule = f"applies to cell searches; {ref.stage!r} is {_a(upstream.kind)} stage"
+        issues.append(Issue(f"stages[{i}].from.parse", rule, _show(ref.parse)))
     return upstream
 
 
@@ -809,22 +841,23 @@ def _check_grid(stage: GridStage, where: str, config: TrainConfig | None) -> lis
     needs_grid = stage.optuna is not None or any(isinstance(c, RandomPaths) for c in stage.candidates)
     if needs_grid and (stage.channels is None or stage.layers is None):
         missing = [f for f in ("channels", "layers") if getattr(stage, f) is None]
-        issues.append(Issue(f"{where}.{missing[0]}", "random candidates and optuna draw from the stage's grid, "
-                                                     "so channels and layers are required", "nothing"))  # fmt: skip
+        rule = "random candidates and optuna draw from the stage's grid, so channels and layers are required"
+        issues.append(Issue(f"{where}.{missing[0]}", rule, "nothing"))
     if stage.optuna is not None:
         fixed = [f for f in ("candidates", "paths") if getattr(stage, f)] + (["from"] if stage.from_ else [])
         if fixed:
-            issues.append(Issue(f"{where}.optuna", f"searches the grid instead of fixed candidates; remove {fixed} "
-                                                   "or use a second grid stage", _show(stage.optuna.model_dump())))
+            rule = f"searches the grid instead of fixed candidates; remove {fixed} or use a second grid stage"
+            issues.append(Issue(f"{where}.optuna", rule, _show(stage.optuna.model_dump())))
         if stage.sweep:
             issues.append(Issue(f"{where}.sweep", "is not combined with optuna (one search per stage)",
                                 _show(stage.sweep)))  # fmt: skip
         if len(stage.seeds) != 1:
-            issues.append(Issue(f"{where}.seeds", "an optuna stage trains each suggested path once (one seed); "
-                                                  "retrain the best over seeds with a retrain stage "
-                                                  "`from: {stage: <this>, top: K}`", _show(stage.seeds)))
+            rule = ("an optuna stage trains each suggested path once (one seed); retrain the best over seeds "
+                    "with a retrain stage `from: {stage: <this>, top: K}`")  # fmt: skip
+            issues.append(Issue(f"{where}.seeds", rule, _show(stage.seeds)))
     elif not (stage.candidates or stage.paths or stage.from_):
-        issues.append(Issue(where, "a grid stage needs candidates:, paths:, from: or optuna:", _show(stage.name)))
+        rule = "a grid stage needs candidates:, paths:, from: or optuna:"
+        issues.append(Issue(where, rule, _show(stage.name)))
     if stage.asha is not None and config is not None and stage.asha.grace_period > config.epochs:
         issues.append(Issue(f"{where}.asha.grace_period", f"must be <= the stage's epochs ({config.epochs})",
                             _show(stage.asha.grace_period)))  # fmt: skip
@@ -847,9 +880,10 @@ def _check_evaluate(spec: ExperimentSpec, stage: EvaluateStage, where: str, upst
         if trained_on in list_datasets():
             a, b = get_dataset_info(name), get_dataset_info(trained_on)
             if (a.in_channels, a.num_classes) != (b.in_channels, b.num_classes):
-                issues.append(Issue(at, f"must match the images and classes of {trained_on!r}, which stage "
-                                        f"{upstream.name!r} trains on ({b.in_channels} channels, {b.num_classes} "
-                                        f"classes; this one has {a.in_channels}, {a.num_classes})", _show(name)))
+                rule = (f"must match the images and classes of {trained_on!r}, which stage {upstream.name!r} "
+                        f"trains on ({b.in_channels} channels, {b.num_classes} classes; this one has "
+                        f"{a.in_channels}, {a.num_classes})")  # fmt: skip
+                issues.append(Issue(at, rule, _show(name)))
     return issues
 
 
@@ -857,7 +891,9 @@ def _check_evaluate(spec: ExperimentSpec, stage: EvaluateStage, where: str, upst
 # Loading and the JSON Schema
 
 
-def load_spec(source: str | os.PathLike[str], *, base_dir: str | os.PathLike[str] | None = None) -> ExperimentSpec:
+def load_spec(
+    source: str | os.PathLike[str], *, base_dir: str | os.PathLike[str] | None = None
+) -> ExperimentSpec:
     """Reads and validates a spec: a YAML file path, or YAML text (anything containing a newline or ``:``).
 
     Args:
@@ -876,7 +912,8 @@ def load_spec(source: str | os.PathLike[str], *, base_dir: str | os.PathLike[str
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise SpecError([Issue("<yaml>", f"does not parse: {err}".replace("\n", " "), "the text")], origin) from None
+        problem = Issue("<yaml>", f"does not parse: {err}".replace("\n", " "), "the text")
+        raise SpecError([problem], origin) from None
     if not isinstance(data, dict):
         raise SpecError([Issue("<spec>", "must be a mapping with name, stages, ...", _show(data))], origin)
     folder = Path(base_dir) if base_dir is not None else (Path(origin).parent if origin else Path.cwd())
@@ -903,12 +940,13 @@ def _read_source(source: str | os.PathLike[str]) -> tuple[str, str | None]:
 def schema_text() -> str:
     """The JSON Schema of :class:`ExperimentSpec`, as shipped in ``nas_service/schemas/``."""
     schema = ExperimentSpec.model_json_schema()
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "experiment.schema.json", **schema}
+    header = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "experiment.schema.json"}
+    schema = {**header, **schema}
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
 
 def write_schema(path: str | os.PathLike[str] = SCHEMA_PATH) -> Path:
-    """Writes :func:`schema_text` to ``path`` (default: the shipped file); run ``python -m nas_service.spec``."""
+    """Writes :func:`schema_text` to ``path`` (default: the shipped file): ``python -m nas_service.spec``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(schema_text(), encoding="utf-8")

@@ -59,7 +59,7 @@ def test_write_and_read_back(store, tmp_path):
     store.write_epoch("b2", 0, _epoch("retrain", 1, valid_acc=0.7, train_loss=np.float32(0.5)))
     store.write_epoch("b2", 0, _epoch("retrain", 0, valid_acc=0.6, train_loss=0.9))
     store.write_epoch("a1", 0, _epoch("search", 0, valid_acc=0.5, genotype=genotype, lr=np.float64(0.1),
-                                      steps=7, diverged=False))  # fmt: skip
+                                      steps=7, diverged=np.bool_(False)))  # fmt: skip
     store.write_trial("a1", 0, _trial(
         stage_kind="cell_search", genotype=genotype, params=1234, best_epoch=0, best_metric="valid_acc",
         best={"valid_acc": 0.5}, last={"valid_acc": 0.5}, wall_seconds=1.5, cpu_seconds=3.0, protocol="darts",
@@ -215,7 +215,8 @@ def test_config_columns_with_int_and_float_values_unify(store):
     trials = store.trials().set_index("trial_id")
     assert trials["config.lr"].dtype == np.float64 and trials.loc["t1", "config.lr"] == 1.0
     assert trials.loc["t1", "config.data.batch_size"] == 2
-    assert pd.isna(trials.loc["t2", "config.data.batch_size"]) and pd.isna(trials.loc["t1", "config.extra_knob"])
+    assert pd.isna(trials.loc["t2", "config.data.batch_size"])
+    assert pd.isna(trials.loc["t1", "config.extra_knob"])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -230,6 +231,7 @@ def test_file_uri_and_from_experiment_path(tmp_path):
     assert len(read_epochs(str(tmp_path / "storage"), "exp")) == 1  # the same store as a plain path
     assert len(ResultsStore.from_experiment_path(f"{uri}/exp").epochs()) == 1
     assert len(ResultsStore.from_experiment_path(tmp_path / "storage" / "exp").epochs()) == 1
+    assert ResultsStore.from_experiment_path("/exp").root == "/exp/results"  # no write: just the path
 
 
 def test_relative_path_is_made_absolute(tmp_path, monkeypatch):

@@ -72,13 +72,10 @@ def _recipes(args: argparse.Namespace) -> int:
 
 def run_config(config: Any, workdir: str, device: str, log: Any) -> dict[str, Any]:
     """Runs a training-engine config of any kind in this process."""
+    from nas_service.trial_runner import run_training
     from trainers.engine import Hooks
-    from trainers.retrain import run_retrain
-    from trainers.search import run_cell_search, run_hypercuboid_search
 
-    runner = {"cell_search": run_cell_search, "hypercuboid_search": run_hypercuboid_search,
-              "retrain": run_retrain}[config.kind]  # fmt: skip
-    return runner(config, workdir=workdir, device=device, hooks=Hooks(log=log))
+    return run_training(config, workdir=workdir, hooks=Hooks(log=log), device=device)
 
 
 def _train(args: argparse.Namespace) -> int:

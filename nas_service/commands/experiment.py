@@ -1,0 +1,116 @@
+"""``nas-service run | plan | status | results | report``: experiments on Ray, and their results."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("run", help="run (or resume) an experiment spec on Ray Tune",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p.add_argument("spec", help="the experiment spec (YAML)")
+    p.add_argument("--address", default=None,
+                   help="an existing Ray cluster (as ray.init's address); default: a local Ray on 127.0.0.1")
+    p.add_argument("--storage", default=None, help="override the spec's storage (folder or URI)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.set_defaults(func=_run)
+
+    p = subparsers.add_parser("plan", help="print the trials a spec expands to and which are done; runs nothing")
+    p.add_argument("spec")
+    p.add_argument("--storage", default=None)
+    p.set_defaults(func=_plan)
+
+    p = subparsers.add_parser("status", help="stages, trials and their states of an experiment folder or URI")
+    p.add_argument("experiment", help="<storage>/<experiment name>, a folder or a URI")
+    p.set_defaults(func=_status)
+
+    p = subparsers.add_parser("results", help="the results tables of an experiment")
+    p.add_argument("experiment")
+    p.add_argument("--table", choices=["trials", "epochs"], default="trials")
+    p.add_argument("--format", choices=["table", "csv", "parquet", "json"], default="table")
+    p.add_argument("-o", "--output", default=None, help="write to this file (parquet needs one)")
+    p.set_defaults(func=_results)
+
+    p = subparsers.add_parser("report", help="comparison per stage and arm: mean and spread over seeds, cost")
+    p.add_argument("experiment")
+    p.set_defaults(func=_report)
+
+
+def _load(spec_path: str, storage: str | None):
+    from pathlib import Path
+
+    from nas_service.spec import load_spec
+
+    spec = load_spec(spec_path)
+    if storage:
+        resolved = storage if "://" in storage else str(Path(storage).resolve())
+        spec = spec.model_copy(update={"storage": resolved})
+    return spec
+
+
+def _run(args: argparse.Namespace) -> int:
+    from nas_service.report import format_report
+    from nas_service.results import ResultsStore
+    from nas_service.runner import EXIT_INTERRUPTED, run_experiment
+
+    spec = _load(args.spec, args.storage)  # invalid specs fail here, before Ray starts
+    resume = f"nas-service run {args.spec}" + (f" --storage {args.storage}" if args.storage else "")
+    try:
+        outcome = run_experiment(spec, address=args.address, num_cpus=args.num_cpus, spec_path=args.spec)
+    except KeyboardInterrupt:
+        print(f"interrupted; resume with: {resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if outcome.interrupted:
+        print(f"interrupted; resume with: {resume}", file=sys.stderr)
+    print()
+    print(format_report(ResultsStore(spec.storage, spec.name).trials()))
+    return outcome.exit_code
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from nas_service.planner import describe_plan, plan
+    from nas_service.results import ResultsStore
+    from nas_service.runner import upstream_from_store
+
+    spec = _load(args.spec, args.storage)
+    store = ResultsStore(spec.storage, spec.name)
+    print(describe_plan(plan(spec, upstream=upstream_from_store(store)), store.finished_trial_ids()))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from nas_service.report import status_table
+    from nas_service.results import ResultsStore
+
+    store = ResultsStore.from_experiment_path(args.experiment)
+    table = status_table(store.trials(), store.epochs())
+    print("no trials recorded yet" if table.empty else table.to_string(index=False))
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    from nas_service.results import ResultsStore, serialize
+
+    store = ResultsStore.from_experiment_path(args.experiment)
+    frame = store.trials() if args.table == "trials" else store.epochs()
+    if args.output:
+        store_format = None if args.format == "table" else args.format
+        print(store.export(args.table, args.output, format=store_format), file=sys.stderr)
+        return 0
+    if args.format == "table":
+        print(frame.to_string(index=False, max_colwidth=40) if not frame.empty else "no rows")
+    elif args.format == "parquet":
+        raise ValueError("--format parquet: binary output needs -o FILE")
+    else:
+        sys.stdout.write(serialize(frame, args.format).decode())
+        sys.stdout.write("\n")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from nas_service.report import format_report
+    from nas_service.results import ResultsStore
+
+    print(format_report(ResultsStore.from_experiment_path(args.experiment).trials()))
+    return 0

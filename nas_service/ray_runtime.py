@@ -1,0 +1,328 @@
+"""Everything in the project that talks to Ray (Tune and Core) lives in this module.
+
+Ray's reporting and checkpoint APIs changed several times across 2.x; keeping every call here means a
+Ray upgrade touches one file. The rest of the service calls plain functions: :func:`start_ray`,
+:func:`run_trials`, :func:`shutdown_ray`.
+
+Layout of one experiment's storage (a local folder or a URI pyarrow understands)::
+
+    <storage>/<experiment>/results/          Parquet tables (nas_service.results)
+    <storage>/<experiment>/tune/<stage>-<h>/ one Ray Tune experiment per stage and trial set
+    <storage>/<experiment>/trials/<id>/      a trial's own checkpoints (local storage only)
+
+A trial resumes from the newest checkpoint it can find: its own folder (local storage), or the Tune
+checkpoint Ray hands back after ``Tuner.restore`` / a retry (any storage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "RAY_ENVIRONMENT",
+    "configure_environment",
+    "start_ray",
+    "shutdown_ray",
+    "cluster_resources",
+    "TrialPayload",
+    "StageOutcome",
+    "run_trials",
+    "FAULT_INJECTION_ENV",
+]
+
+# Settings every Ray process of ours needs; set before Ray starts so workers inherit them.
+RAY_ENVIRONMENT = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # On Linux Ray binds its servers to the machine's address unless this is 0; then every listener is
+    # on 127.0.0.1 (ray-notes.md, checked with `ss -ltnp`).
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # The classic reporter honours verbose=0; our own per-epoch lines replace Tune's tables.
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+# Test instrumentation: JSON {"trial_id": ..., "epoch": N, "marker": FILE}. The named trial raises once,
+# right after reporting epoch N (the marker file records that it did), so tests can check retries.
+FAULT_INJECTION_ENV = "NAS_SERVICE_INJECT_FAULT"
+
+
+def configure_environment() -> None:
+    """Applies :data:`RAY_ENVIRONMENT` (without overriding what the user set)."""
+    for key, value in RAY_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+
+
+def start_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> dict:
+    """Starts a local Ray bound to 127.0.0.1, or connects to ``address`` (as ``ray.init`` does).
+
+    Returns:
+        the cluster's resources (``{"CPU": 2.0, ...}``).
+    """
+    configure_environment()
+    import ray
+
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=True, logging_level="WARNING")
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
+                     log_to_driver=True, logging_level="WARNING")  # fmt: skip
+    return cluster_resources()
+
+
+def cluster_resources() -> dict:
+    import ray
+
+    return dict(ray.cluster_resources())
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@dataclass(frozen=True)
+class TrialPayload:
+    """What a Tune trial needs to run one planned trial (plain data, so Ray can ship it)."""
+
+    trial_id: str
+    stage: str
+    kind: str
+    config: dict[str, Any]
+    seed: int
+    arm: str
+    arm_label: str
+    lineage_trial_id: str | None
+    lineage_stage: str | None
+    lineage_source: str
+
+
+@dataclass
+class StageOutcome:
+    """What one call of :func:`run_trials` achieved, judged from our own results store."""
+
+    done: set[str]
+    errored: dict[str, str]
+    pending: set[str]
+    interrupted: bool
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The trainable
+
+
+def _local_workdir(storage: str, experiment: str, trial_id: str) -> Path:
+    """The trial's own folder on a local storage; scratch space for URI storage."""
+    if "://" not in storage or storage.startswith("file://"):
+        base = storage[len("file://") :] if storage.startswith("file://") else storage
+        return Path(base) / experiment / "trials" / trial_id
+    return Path(tempfile.gettempdir()) / "nas-service" / experiment / "trials" / trial_id
+
+
+def _epoch_of(path: Path) -> int:
+    return int(path.stem.split("_")[-1])
+
+
+def _restore_tune_checkpoint(workdir: Path) -> None:
+    """Copies the checkpoint Tune hands back into the trial folder when it is newer than what is there."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return
+    ckpt_dir = workdir / "checkpoints"
+    have = max((_epoch_of(p) for p in ckpt_dir.glob("epoch_*.pt")), default=0)
+    with checkpoint.as_directory() as folder:
+        files = sorted(Path(folder).glob("epoch_*.pt"))
+        if files and _epoch_of(files[-1]) > have:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(files[-1], ckpt_dir / files[-1].name)
+            if (Path(folder) / "best.pt").exists():
+                shutil.copy2(Path(folder) / "best.pt", workdir / "best.pt")
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _maybe_inject_fault(trial_id: str, epoch: int) -> None:
+    raw = os.environ.get(FAULT_INJECTION_ENV)
+    if not raw:
+        return
+    fault = json.loads(raw)
+    marker = Path(fault["marker"])
+    if fault["trial_id"] == trial_id and fault["epoch"] == epoch and not marker.exists():
+        marker.write_text(f"injected after epoch {epoch}\n")
+        raise RuntimeError(f"injected fault in trial {trial_id} after epoch {epoch} ({FAULT_INJECTION_ENV})")
+
+
+def _trial_trainable(param: dict[str, Any], *, payloads: dict[str, TrialPayload], storage: str,
+                     experiment: str) -> None:  # fmt: skip
+    """Runs one planned trial through the training engine, inside a Tune trial."""
+    from ray import tune
+
+    from nas_service.results import ResultsStore
+    from trainers.config import config_from_dict
+    from trainers.engine import DivergedError, Hooks
+
+    from .trial_runner import run_training, summary_row
+
+    logging.getLogger("ray").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
+    trial = payloads[param["trial_id"]]
+    store = ResultsStore(storage, experiment)
+    if trial.trial_id in store.finished_trial_ids():
+        # Finished before a crash that Tune did not get to record: nothing to repeat.
+        tune.report({"done": 1})
+        return
+    workdir = _local_workdir(storage, experiment, trial.trial_id)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _restore_tune_checkpoint(workdir)
+    have = sorted((workdir / "checkpoints").glob("epoch_*.pt"))
+    # The attempt is the epoch this run starts from: a later start has a higher number, and two starts
+    # from the same checkpoint write identical rows (resume is exact), so readers dedup safely.
+    attempt = _epoch_of(have[-1]) if have else 0
+    config = config_from_dict(trial.config)
+    started = time.time()
+    cpu_started = time.process_time()
+
+    def report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        store.write_epoch(trial.trial_id, attempt, {"stage": trial.stage, "seed": trial.seed, **metrics})
+        tune_checkpoint = None
+        staging = None
+        if checkpoint is not None:
+            staging = Path(tempfile.mkdtemp(prefix="nas-ckpt-"))
+            shutil.copy2(checkpoint, staging / checkpoint.name)
+            if (workdir / "best.pt").exists():
+                shutil.copy2(workdir / "best.pt", staging / "best.pt")
+            tune_checkpoint = tune.Checkpoint.from_directory(str(staging))
+        tune.report(_scalar_metrics(metrics), checkpoint=tune_checkpoint)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        _maybe_inject_fault(trial.trial_id, int(metrics["epoch"]))
+
+    hooks = Hooks(report=report, log=lambda line: None)
+    try:
+        summary = run_training(config, workdir=workdir, hooks=hooks)
+    except DivergedError as err:
+        store.write_trial(trial.trial_id, attempt, summary_row(
+            trial, None, status="diverged", error=str(err), wall=time.time() - started,
+            cpu=time.process_time() - cpu_started))  # fmt: skip
+        tune.report({"diverged": 1})
+        return
+    store.write_trial(trial.trial_id, attempt, summary_row(
+        trial, summary, status="finished", wall=time.time() - started, cpu=time.process_time() - cpu_started))  # fmt: skip
+    if summary["epochs_run"] == 0 or not summary.get("history"):
+        tune.report({"done": 1})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running one stage's trials
+
+
+def _tune_name(stage: str, trial_ids: list[str]) -> str:
+    digest = hashlib.sha256(json.dumps(sorted(trial_ids)).encode()).hexdigest()[:10]
+    return f"{stage}-{digest}"
+
+
+def _tune_storage(storage: str, experiment: str) -> str:
+    if "://" in storage:
+        return f"{storage.rstrip('/')}/{experiment}/tune"
+    return str(Path(storage).resolve() / experiment / "tune")
+
+
+def run_trials(
+    *,
+    storage: str,
+    experiment: str,
+    stage: str,
+    payloads: list[TrialPayload],
+    resources: dict[str, float],
+    retries: int,
+    max_concurrent: int,
+    is_done: Callable[[], set[str]],
+    on_epoch: Callable[[TrialPayload, dict[str, Any]], None] | None = None,
+    on_error: Callable[[TrialPayload, str], None] | None = None,
+) -> StageOutcome:
+    """Runs (or resumes) one stage's trials as one Ray Tune experiment and reports what got done.
+
+    The Tune experiment's name derives from the stage and its whole trial set, so running the same
+    command again finds it (``Tuner.can_restore``) and resumes it with errored trials resumed from their
+    checkpoints; trials already finished per ``is_done()`` (our own records) are not started at all.
+
+    Args:
+        storage: a local folder or a URI; ``experiment``: the experiment's name under it.
+        payloads: every trial of the stage (finished ones included: they keep the Tune name stable).
+        resources: per trial, e.g. ``{"cpu": 1, "gpu": 0}``.
+        retries: how many times a failing trial restarts from its checkpoint.
+        max_concurrent: at most this many trials at once.
+        is_done: the trial ids our results store says are done for good.
+        on_epoch, on_error: progress callbacks (run in the driver).
+    """
+    from ray import tune
+
+    configure_environment()
+    by_id = {p.trial_id: p for p in payloads}
+    done_before = is_done()
+    todo = [p.trial_id for p in payloads if p.trial_id not in done_before]
+    if not todo:
+        return StageOutcome(done=set(by_id), errored={}, pending=set(), interrupted=False)
+
+    name = _tune_name(stage, list(by_id))
+    storage_path = _tune_storage(storage, experiment)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial_trainable, payloads=by_id, storage=storage,
+                             experiment=experiment),
+        {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0)},
+    )  # fmt: skip
+
+    class Progress(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            payload = by_id.get(trial.config.get("trial_id", ""))  # Tune puts its own id in result["trial_id"]
+            if payload is not None and on_epoch is not None and "epoch" in result:
+                on_epoch(payload, result)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            payload = by_id.get(trial.config.get("trial_id", ""))
+            if payload is not None and on_error is not None:
+                on_error(payload, str(trial.error_file or "error"))
+
+    path = f"{storage_path}/{name}"
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial_id": tune.grid_search(todo)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage_path, verbose=0, callbacks=[Progress()],
+                failure_config=tune.FailureConfig(max_failures=retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )  # fmt: skip
+    grid = tuner.fit()
+
+    done = is_done()
+    errored: dict[str, str] = {}
+    for result in grid:
+        trial_id = (result.config or {}).get("trial_id")
+        if result.error is not None and trial_id and trial_id not in done:
+            errored[trial_id] = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1]}"
+    pending = {t for t in by_id if t not in done and t not in errored}
+    return StageOutcome(done=done & set(by_id), errored=errored, pending=pending, interrupted=bool(pending))

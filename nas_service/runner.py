@@ -1,0 +1,140 @@
+"""Runs an experiment spec stage by stage: plan, run the stage's trials on Ray Tune, record, repeat.
+
+Completion is judged from our own results store, never from Ray's counts: after an interrupt Tune can
+report still-running trials as terminated (ray-notes.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .planner import Plan, Trial, UpstreamResult, max_concurrent_trials, plan
+from .results import ResultsStore
+from .spec import ExperimentSpec
+
+__all__ = ["RunOutcome", "run_experiment", "upstream_from_store", "EXIT_INTERRUPTED", "EXIT_FAILED"]
+
+EXIT_INTERRUPTED = 130
+EXIT_FAILED = 1
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended: ``complete`` only when every trial of every stage is done for good."""
+
+    complete: bool
+    interrupted: bool = False
+    errored: dict[str, str] = field(default_factory=dict)
+    waiting: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.complete:
+            return 0
+        return EXIT_INTERRUPTED if self.interrupted else EXIT_FAILED
+
+
+def upstream_from_store(store: ResultsStore) -> Callable[[str], list[UpstreamResult]]:
+    """What finished trials of a stage left for the stages that take ``from:`` it."""
+
+    def upstream(stage: str) -> list[UpstreamResult]:
+        frame = store.trials()
+        if frame.empty:
+            return []
+        out = []
+        for _, row in frame[frame["stage"] == stage].iterrows():
+            if row["status"] not in ("finished", "diverged"):
+                continue
+            raw = row.get("extra.summary_json")
+            if row["status"] == "finished" and isinstance(raw, str):
+                summary = json.loads(raw)
+                summary["history"] = summary.pop("history_tail", [])
+                out.append(UpstreamResult.from_summary(row["trial_id"], summary, status="finished"))
+            else:
+                config = json.loads(row["config_json"]) if isinstance(row.get("config_json"), str) else {}
+                out.append(UpstreamResult(row["trial_id"], int(row["seed"]), config, status=row["status"]))
+        return out
+
+    return upstream
+
+
+def _payload(trial: Trial) -> Any:
+    from .ray_runtime import TrialPayload
+
+    return TrialPayload(
+        trial_id=trial.trial_id, stage=trial.stage, kind=trial.kind, config=trial.config, seed=trial.seed,
+        arm=trial.arm.arm_id, arm_label=trial.arm.label, lineage_trial_id=trial.lineage.parent,
+        lineage_stage=trial.lineage.parent_stage, lineage_source=trial.lineage.source,
+    )  # fmt: skip
+
+
+def _epoch_line(payload: Any, result: dict[str, Any]) -> str:
+    keys = [k for k in ("train_loss", "valid_acc", "valid_top1", "test_top1") if k in result]
+    parts = " ".join(f"{k} {result[k]:.4f}" for k in keys)
+    epochs = payload.config.get("epochs", "?")
+    return f"[{payload.stage}] {payload.trial_id} {payload.arm_label or ''} seed {payload.seed}: epoch " \
+           f"{int(result['epoch'])}/{epochs} {parts}".replace("  ", " ")  # fmt: skip
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    spec_path: str | None = None,
+    out: Callable[[str], None] = lambda line: print(line, flush=True),
+) -> RunOutcome:
+    """Runs (or resumes) every stage of ``spec``; returns how it ended."""
+    from . import ray_runtime
+    from .evaluation import run_evaluate_stage
+
+    store = ResultsStore(spec.storage, spec.name)
+    resources = ray_runtime.start_ray(address, num_cpus=num_cpus)
+    per_trial = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    concurrency = max_concurrent_trials(per_trial, resources.get("CPU", 1), resources.get("GPU", 0))
+    out(f"experiment {spec.name}: storage {spec.storage}; Ray has {resources.get('CPU', 0):g} CPUs, "
+        f"{resources.get('GPU', 0):g} GPUs; up to {concurrency} trials at once")  # fmt: skip
+    upstream = upstream_from_store(store)
+    outcome = RunOutcome(complete=True)
+    for stage in spec.stages:
+        current: Plan = plan(spec, upstream=upstream)
+        stage_plan = current.stage(stage.name)
+        if stage_plan.state == "waiting":
+            outcome.complete = False
+            outcome.waiting.append(stage.name)
+            out(f"[{stage.name}] waiting on {stage_plan.waiting_on}: not run")
+            continue
+        trials = list(stage_plan.trials)
+        done = store.finished_trial_ids()
+        out(f"[{stage.name}] {stage.kind}: {len(trials)} trials, {len(done & {t.trial_id for t in trials})} done")
+        if stage.kind == "evaluate":
+            run_evaluate_stage(trials, store=store, storage=spec.storage, experiment=spec.name, out=out)
+            continue
+        result = ray_runtime.run_trials(
+            storage=spec.storage, experiment=spec.name, stage=stage.name, payloads=[_payload(t) for t in trials],
+            resources=per_trial, retries=spec.retries, max_concurrent=concurrency,
+            is_done=store.finished_trial_ids,
+            on_epoch=lambda p, r: out(_epoch_line(p, r)),
+            on_error=lambda p, e: out(f"[{p.stage}] {p.trial_id} failed; retrying from its checkpoint if allowed"),
+        )  # fmt: skip
+        for trial_id, error in result.errored.items():
+            out(f"[{stage.name}] {trial_id} errored: {error}")
+        outcome.errored.update(result.errored)
+        if result.interrupted:
+            outcome.complete, outcome.interrupted = False, True
+            break
+        if result.errored:
+            outcome.complete = False
+    if outcome.interrupted or not outcome.complete:
+        command = f"nas-service run {shlex.quote(spec_path)}" if spec_path else "the same command"
+        out(f"experiment {spec.name} is not complete; rerun {command} to resume (finished trials are kept)")
+    return outcome
+
+
+def default_spec_command(argv: list[str] | None = None) -> str:
+    return " ".join(shlex.quote(a) for a in (argv or sys.argv))

@@ -1,0 +1,256 @@
+"""The service on a real local Ray instance, through the real CLI in a subprocess.
+
+Each run starts its own Ray (bound to 127.0.0.1) in its own process group with its own HOME and temp
+folder, so a test can SIGKILL the whole driver tree and never touches the machine's Ray token file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nas_service.results import ResultsStore
+
+pytestmark = [pytest.mark.ray, pytest.mark.integration, pytest.mark.timeout(600)]
+
+EPOCHS = 2
+SPEC = """\
+name: tiny
+storage: {storage}
+data: {{dataset: digits}}
+resources: {{cpu: 1, gpu: 0}}
+retries: {retries}
+stages:
+  - name: search
+    kind: cell_search
+    recipe: digits_search
+    overrides:
+      space: darts
+      epochs: {epochs}
+      init_channels: 4
+      layers: 3
+      max_steps_per_epoch: 3
+      schedule: {{warmup_epochs: 0}}
+    seeds: [0, 1, 2]
+"""
+
+
+def write_spec(tmp_path: Path, *, retries: int = 2, extra: str = "") -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC.format(storage=tmp_path / "runs", retries=retries, epochs=EPOCHS) + extra)
+    return path
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "RAY_TMPDIR": f"/tmp/nr{os.getpid() % 10000}{tmp_path.name[-6:]}",
+           "RAY_USAGE_STATS_ENABLED": "0", **extra}  # fmt: skip
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def start_run(spec: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "nas_service.cli", "run", str(spec), "--num-cpus", "2", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def finish(proc: subprocess.Popen, timeout: float = 400) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        _kill_group(proc)
+    return proc.returncode, out
+
+
+def _kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def store_of(tmp_path: Path) -> ResultsStore:
+    return ResultsStore(str(tmp_path / "runs"), "tiny")
+
+
+def wait_for(predicate, timeout: float = 300, what: str = "condition") -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def epoch_parts(tmp_path: Path, trial_id: str) -> list[str]:
+    folder = tmp_path / "runs" / "tiny" / "results" / "epochs" / f"trial={trial_id}"
+    return sorted(p.name for p in folder.glob("*.parquet"))
+
+
+def test_sweep_completes_with_one_row_per_trial_and_epoch(tmp_path):
+    spec = write_spec(tmp_path)
+    code, out = finish(start_run(spec, cli_env(tmp_path)))
+    assert code == 0, out
+    trials, epochs = store_of(tmp_path).trials(), store_of(tmp_path).epochs()
+    assert len(trials) == 3 and trials["trial_id"].is_unique and set(trials["status"]) == {"finished"}
+    assert len(epochs) == 3 * EPOCHS and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert "[search]" in out and "epoch 2/2" in out  # live per-epoch progress lines
+    assert "== search (cell_search) ==" in out  # the report at the end
+
+    # The CLI reads the same store back.
+    env = cli_env(tmp_path)
+    listing = subprocess.run([sys.executable, "-m", "nas_service.cli", "results", str(tmp_path / "runs" / "tiny"),
+                              "--format", "json"], env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    assert len(json.loads(listing.stdout)) == 3
+    status = subprocess.run([sys.executable, "-m", "nas_service.cli", "status", str(tmp_path / "runs" / "tiny")],
+                            env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    assert status.stdout.count("finished") == 3
+
+    # Running the same command again runs nothing and changes nothing.
+    before = sorted(p.name for p in (tmp_path / "runs" / "tiny" / "results").rglob("*.parquet"))
+    code, out = finish(start_run(spec, cli_env(tmp_path)))
+    assert code == 0, out
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny" / "results").rglob("*.parquet")) == before
+
+
+def test_sigkill_after_the_first_trial_then_rerun(tmp_path):
+    spec = write_spec(tmp_path)
+    proc = start_run(spec, cli_env(tmp_path))
+    store = store_of(tmp_path)
+    try:
+        wait_for(lambda: not store.trials().empty, what="the first finished trial")
+    finally:
+        _kill_group(proc)  # the whole driver tree, at once
+    proc.wait()
+    first = store.trials()
+    assert len(first) >= 1
+    first_ids = list(first["trial_id"])
+    parts_before = {t: epoch_parts(tmp_path, t) for t in first_ids}
+
+    code, out = finish(start_run(spec, cli_env(tmp_path)))
+    assert code == 0, out
+    trials, epochs = store.trials(), store.epochs()
+    assert len(trials) == 3 and set(trials["status"]) == {"finished"}
+    assert len(epochs) == 3 * EPOCHS and not epochs.duplicated(["trial_id", "epoch"]).any()
+    for trial_id in first_ids:  # finished before the kill: not run again, not a single new row
+        assert epoch_parts(tmp_path, trial_id) == parts_before[trial_id]
+
+
+def test_sigint_exits_non_zero_and_leaves_a_resumable_experiment(tmp_path):
+    spec = write_spec(tmp_path)
+    proc = start_run(spec, cli_env(tmp_path))
+    store = store_of(tmp_path)
+    try:
+        wait_for(lambda: not store.epochs().empty, what="the first epoch")
+        os.kill(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        _kill_group(proc)
+    assert proc.returncode != 0, out
+    assert "resume" in out and "nas-service run" in out
+    assert len(store.trials()) < 3
+
+    code, out = finish(start_run(spec, cli_env(tmp_path)))
+    assert code == 0, out
+    assert len(store.trials()) == 3 and len(store.epochs()) == 3 * EPOCHS
+
+
+def test_a_trial_that_raises_is_retried_from_its_checkpoint(tmp_path):
+    spec = write_spec(tmp_path, retries=1)
+    # Plan first, to know a trial id to break (ids are deterministic).
+    plan = subprocess.run([sys.executable, "-m", "nas_service.cli", "plan", str(spec)], env=cli_env(tmp_path),
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    from nas_service.planner import plan as make_plan
+    from nas_service.spec import load_spec
+
+    victim = make_plan(load_spec(spec)).stage("search").trials[0].trial_id
+    assert victim in plan
+    marker = tmp_path / "fault.txt"
+    fault = json.dumps({"trial_id": victim, "epoch": 1, "marker": str(marker)})
+    code, out = finish(start_run(spec, cli_env(tmp_path, NAS_SERVICE_INJECT_FAULT=fault)))
+    assert code == 0, out
+    assert marker.exists()  # the fault did fire
+    epochs = store_of(tmp_path).epochs()
+    rows = epochs[epochs["trial_id"] == victim].sort_values("epoch")
+    assert list(rows["epoch"]) == list(range(1, EPOCHS + 1))
+    # Epoch 2 was written by the attempt that resumed from the epoch-1 checkpoint, not a fresh start.
+    assert list(rows["attempt"]) == [0, 1]
+    assert store_of(tmp_path).trial_statuses()[victim] == "finished"
+
+
+def test_a_diverging_trial_is_recorded_and_not_retried(tmp_path):
+    blowup = [
+        "  - name: blowup",
+        "    kind: retrain",
+        "    recipe: digits_retrain",
+        "    genotypes: [DARTS_V2]",
+        "    overrides:",
+        "      epochs: 2",
+        "      max_steps_per_epoch: 3",
+        "      optim: {grad_clip: null, weight_decay: 0.0}",
+        "      schedule: {kind: constant, max_lr: 1.0e+12, min_lr: 1.0e+12}",
+        "    seeds: [0]",
+    ]
+    spec = write_spec(tmp_path, extra="\n".join(blowup) + "\n")
+    code, out = finish(start_run(spec, cli_env(tmp_path)))
+    trials = store_of(tmp_path).trials()
+    row = trials[trials["stage"] == "blowup"].iloc[0]
+    assert row["status"] == "diverged", out
+    assert "diverged" in row["error"] and "epoch 1" in row["error"]
+    assert code == 0, out  # diverged is a recorded outcome, not a failure to retry
+    assert "failed; retrying" not in out
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        pytest.param(("seeds: [0, 1, 2]", "sweep: {weighting: [scalar, maxw]}"), "stages[0].sweep.weighting", id="sweep"),
+        pytest.param(("space: darts", "space: dartz"), "stages[0].overrides.space", id="override"),
+    ],
+)
+def test_invalid_spec_fails_before_ray_starts(tmp_path, edit, field):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SPEC.format(storage=tmp_path / "runs", retries=1, epochs=1).replace(*edit))
+    start = time.time()
+    result = subprocess.run([sys.executable, "-m", "nas_service.cli", "run", str(bad)], env=cli_env(tmp_path),
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2
+    assert field in result.stderr
+    assert not (tmp_path / "runs").exists()
+    assert time.time() - start < 30  # no Ray start-up happened
+
+
+PORT_PROBE = """
+import json, psutil
+from nas_service.ray_runtime import start_ray, shutdown_ray
+start_ray(num_cpus=2)
+me = psutil.Process()
+pids = {me.pid} | {c.pid for c in me.children(recursive=True)}
+listening = [(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections(kind="inet")
+             if c.status == psutil.CONN_LISTEN and c.pid in pids]
+print(json.dumps(listening))
+shutdown_ray()
+"""
+
+
+def test_every_port_of_the_local_ray_instance_is_on_loopback(tmp_path):
+    result = subprocess.run([sys.executable, "-c", PORT_PROBE], env=cli_env(tmp_path), capture_output=True,
+                            text=True, timeout=120, start_new_session=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    listening = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(listening) >= 3  # GCS, raylet, object manager at least
+    for ip, port, pid in listening:
+        address = ipaddress.ip_address(ip)
+        address = getattr(address, "ipv4_mapped", None) or address  # ::ffff:127.0.0.1 is IPv4 loopback
+        assert address.is_loopback, f"pid {pid} listens on {ip}:{port}"
