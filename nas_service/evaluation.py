@@ -17,9 +17,9 @@ __all__ = ["run_evaluate_stage"]
 
 
 def _checkpoint_of(storage: str, experiment: str, trial_id: str, which: str) -> Path:
-    from .ray_runtime import _local_workdir
+    from .ray_runtime import local_workdir
 
-    workdir = _local_workdir(storage, experiment, trial_id)
+    workdir = local_workdir(storage, experiment, trial_id)
     if which == "best":
         return workdir / "best.pt"
     files = sorted((workdir / "checkpoints").glob("epoch_*.pt"))

@@ -16,6 +16,7 @@ from typing import Any
 from .planner import Plan, Trial, UpstreamResult, max_concurrent_trials, plan
 from .results import ResultsStore
 from .spec import ExperimentSpec
+from .trial_runner import record_stopped_early
 
 __all__ = ["RunOutcome", "run_experiment", "upstream_from_store", "EXIT_INTERRUPTED", "EXIT_FAILED"]
 
@@ -63,7 +64,15 @@ def upstream_from_store(store: ResultsStore) -> Callable[[str], list[UpstreamRes
     return upstream
 
 
-def _payload(trial: Trial) -> Any:
+def _stage_done_count(store: ResultsStore, stage: str) -> int:
+    frame = store.trials()
+    if frame.empty:
+        return 0
+    return int(((frame["stage"] == stage) & frame["status"].isin(["finished", "diverged"])).sum())
+
+
+def trial_payload(trial: Trial) -> Any:
+    """The plain-data form of a planned trial that Ray ships to the Tune trial."""
     from .ray_runtime import TrialPayload
 
     return TrialPayload(
@@ -115,13 +124,29 @@ def run_experiment(
         if stage.kind == "evaluate":
             run_evaluate_stage(trials, store=store, storage=spec.storage, experiment=spec.name, out=out)
             continue
-        result = ray_runtime.run_trials(
-            storage=spec.storage, experiment=spec.name, stage=stage.name, payloads=[_payload(t) for t in trials],
-            resources=per_trial, retries=spec.retries, max_concurrent=concurrency,
-            is_done=store.finished_trial_ids,
+        asha = None
+        if stage_plan.asha is not None:
+            a = stage_plan.asha
+            asha = {"metric": a.metric, "mode": a.mode, "grace_period": a.grace_period,
+                    "reduction_factor": a.reduction_factor}  # fmt: skip
+        common = dict(
+            storage=spec.storage, experiment=spec.name, stage=stage.name, resources=per_trial,
+            retries=spec.retries, max_concurrent=concurrency, asha=asha,
             on_epoch=lambda p, r: out(_epoch_line(p, r)),
             on_error=lambda p, e: out(f"[{p.stage}] {p.trial_id} failed; retrying from its checkpoint if allowed"),
         )  # fmt: skip
+        if stage_plan.state == "search":
+            result = ray_runtime.run_optuna_trials(
+                optuna_plan=stage_plan.optuna, stage_done_count=lambda: _stage_done_count(store, stage.name),
+                **common,
+            )  # fmt: skip
+        else:
+            result = ray_runtime.run_trials(
+                payloads=[trial_payload(t) for t in trials], is_done=store.finished_trial_ids, **common
+            )  # fmt: skip
+        for payload in result.stopped_early.values():
+            if record_stopped_early(store, payload):
+                out(f"[{stage.name}] {payload.trial_id} stopped early by ASHA (recorded with its epochs so far)")
         for trial_id, error in result.errored.items():
             out(f"[{stage.name}] {trial_id} errored: {error}")
         outcome.errored.update(result.errored)

@@ -69,3 +69,32 @@ def summary_row(trial: Any, summary: dict[str, Any] | None, *, status: str, wall
          "history_tail": history[-1:] if history else []}
     )  # fmt: skip
     return row
+
+
+def record_stopped_early(store: Any, trial: Any) -> bool:
+    """Writes the trial row of a trial ASHA stopped early, from its recorded epochs; False if none."""
+    import math
+
+    from search_spaces.networks import count_parameters
+    from trainers.config import config_from_dict
+    from trainers.data import get_dataset_info
+    from trainers.retrain import build_model, model_spec, summarize_retrain
+
+    if not store.trials(trial_ids=[trial.trial_id]).empty:
+        return False
+    frame = store.epochs(trial_ids=[trial.trial_id]).sort_values("epoch")
+    if frame.empty:
+        return False
+    # Metrics only: the store's own columns (timestamps, ids) are not part of a training history.
+    own = {"schema_version", "experiment", "stage", "trial_id", "attempt", "seed", "written_at"}
+    history = [{k: v for k, v in row.items() if k not in own and isinstance(v, (int, float))
+                and not (isinstance(v, float) and math.isnan(v))} for row in frame.to_dict("records")]  # fmt: skip
+    for entry in history:
+        entry["epoch"] = int(entry["epoch"])
+    config = config_from_dict(trial.config)
+    spec = model_spec(config, get_dataset_info(config.data.dataset))
+    summary = summarize_retrain(history, config, spec, count_parameters(build_model(spec)))
+    row = summary_row(trial, summary, status="finished", wall=0.0, cpu=0.0)
+    row["extra"]["stopped_early"] = True
+    store.write_trial(trial.trial_id, int(frame["attempt"].max()), row)
+    return True

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,7 @@ class StageOutcome:
     errored: dict[str, str]
     pending: set[str]
     interrupted: bool
+    stopped_early: dict[str, TrialPayload] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -174,21 +175,34 @@ def _maybe_inject_fault(trial_id: str, epoch: int) -> None:
 
 def _trial_trainable(param: dict[str, Any], *, payloads: dict[str, TrialPayload], storage: str,
                      experiment: str) -> None:  # fmt: skip
-    """Runs one planned trial through the training engine, inside a Tune trial."""
+    """A Tune trial of a planned trial (``param["trial_id"]`` names it)."""
+    _run_payload(payloads[param["trial_id"]], storage=storage, experiment=experiment)
+
+
+def _optuna_trainable(param: dict[str, Any], *, optuna_plan: Any, storage: str, experiment: str) -> None:
+    """A Tune trial of an Optuna suggestion: the suggested path becomes a planned trial, then runs."""
+    from ..runner import trial_payload
+
+    _run_payload(trial_payload(optuna_plan.trial(param)), storage=storage, experiment=experiment)
+
+
+def _run_payload(trial: TrialPayload, *, storage: str, experiment: str) -> None:
+    """Runs one trial through the training engine inside a Tune trial; records every epoch and the end."""
     from ray import tune
 
     from nas_service.results import ResultsStore
     from trainers.config import config_from_dict
     from trainers.engine import DivergedError, Hooks
 
-    from .trial_runner import run_training, summary_row
+    from ..trial_runner import run_training, summary_row
 
     logging.getLogger("ray").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
-    trial = payloads[param["trial_id"]]
     store = ResultsStore(storage, experiment)
-    if trial.trial_id in store.finished_trial_ids():
-        # Finished before a crash that Tune did not get to record: nothing to repeat.
-        tune.report({"done": 1})
+    previous = store.trials(trial_ids=[trial.trial_id])
+    if not previous.empty and previous["status"].iloc[0] in ("finished", "diverged"):
+        # Done before (a crash Tune did not get to record, or Optuna suggesting the same path again):
+        # nothing is repeated; the searcher still hears the result.
+        tune.report({k[5:]: v for k, v in previous.iloc[0].items() if k.startswith("best.") and _is_number(v)})
         return
     workdir = _local_workdir(storage, experiment, trial.trial_id)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -227,8 +241,12 @@ def _trial_trainable(param: dict[str, Any], *, payloads: dict[str, TrialPayload]
         return
     store.write_trial(trial.trial_id, attempt, summary_row(
         trial, summary, status="finished", wall=time.time() - started, cpu=time.process_time() - cpu_started))  # fmt: skip
-    if summary["epochs_run"] == 0 or not summary.get("history"):
+    if not summary.get("history") or summary["epochs_run"] == 0:
         tune.report({"done": 1})
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -246,6 +264,60 @@ def _tune_storage(storage: str, experiment: str) -> str:
     return str(Path(storage).resolve() / experiment / "tune")
 
 
+def _asha(asha: dict[str, Any] | None, epochs: int) -> Any:
+    if not asha:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(metric=asha["metric"], mode=asha["mode"], max_t=epochs,
+                         grace_period=asha["grace_period"], reduction_factor=asha["reduction_factor"])  # fmt: skip
+
+
+class _Progress:
+    """A Tune callback (built lazily: Ray is imported only when a stage runs) for per-epoch lines."""
+
+    @staticmethod
+    def make(payload_of: Callable[[dict[str, Any]], TrialPayload | None],
+             on_epoch: Callable[[TrialPayload, dict[str, Any]], None] | None,
+             on_error: Callable[[TrialPayload, str], None] | None, completed: dict[str, TrialPayload]) -> Any:  # fmt: skip
+        from ray import tune
+
+        class Progress(tune.Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                payload = payload_of(trial.config)  # Tune puts its own id in result["trial_id"]
+                if payload is not None and on_epoch is not None and "epoch" in result:
+                    on_epoch(payload, result)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                payload = payload_of(trial.config)
+                if payload is not None and on_error is not None:
+                    on_error(payload, str(trial.error_file or "error"))
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                payload = payload_of(trial.config)
+                if payload is not None:
+                    completed[payload.trial_id] = payload
+
+        return Progress()
+
+
+def _fit(path: str, make_tuner: Callable[[], Any], trainable: Any) -> Any:
+    from ray import tune
+
+    if tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
+    return make_tuner().fit()
+
+
+def _errors(grid: Any, done: set[str], payload_of: Callable[[dict[str, Any]], TrialPayload | None]) -> dict[str, str]:
+    errored: dict[str, str] = {}
+    for result in grid:
+        payload = payload_of(result.config or {})
+        if result.error is not None and payload is not None and payload.trial_id not in done:
+            errored[payload.trial_id] = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1]}"
+    return errored
+
+
 def run_trials(
     *,
     storage: str,
@@ -256,6 +328,7 @@ def run_trials(
     retries: int,
     max_concurrent: int,
     is_done: Callable[[], set[str]],
+    asha: dict[str, Any] | None = None,
     on_epoch: Callable[[TrialPayload, dict[str, Any]], None] | None = None,
     on_error: Callable[[TrialPayload, str], None] | None = None,
 ) -> StageOutcome:
@@ -272,57 +345,117 @@ def run_trials(
         retries: how many times a failing trial restarts from its checkpoint.
         max_concurrent: at most this many trials at once.
         is_done: the trial ids our results store says are done for good.
+        asha: ASHA early stopping (``metric``, ``mode``, ``grace_period``, ``reduction_factor``), or None.
         on_epoch, on_error: progress callbacks (run in the driver).
     """
     from ray import tune
 
     configure_environment()
     by_id = {p.trial_id: p for p in payloads}
-    done_before = is_done()
-    todo = [p.trial_id for p in payloads if p.trial_id not in done_before]
+    todo = [p.trial_id for p in payloads if p.trial_id not in is_done()]
     if not todo:
         return StageOutcome(done=set(by_id), errored={}, pending=set(), interrupted=False)
 
     name = _tune_name(stage, list(by_id))
     storage_path = _tune_storage(storage, experiment)
     trainable = tune.with_resources(
-        tune.with_parameters(_trial_trainable, payloads=by_id, storage=storage,
-                             experiment=experiment),
+        tune.with_parameters(_trial_trainable, payloads=by_id, storage=storage, experiment=experiment),
         {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0)},
     )  # fmt: skip
+    completed: dict[str, TrialPayload] = {}
+    payload_of = lambda config: by_id.get(config.get("trial_id", ""))  # noqa: E731
+    epochs = max(int(p.config.get("epochs", 1)) for p in payloads)
 
-    class Progress(tune.Callback):
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            payload = by_id.get(trial.config.get("trial_id", ""))  # Tune puts its own id in result["trial_id"]
-            if payload is not None and on_epoch is not None and "epoch" in result:
-                on_epoch(payload, result)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            payload = by_id.get(trial.config.get("trial_id", ""))
-            if payload is not None and on_error is not None:
-                on_error(payload, str(trial.error_file or "error"))
-
-    path = f"{storage_path}/{name}"
-    if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
+    def make_tuner() -> Any:
+        return tune.Tuner(
             trainable,
             param_space={"trial_id": tune.grid_search(todo)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True),
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
+                                        scheduler=_asha(asha, epochs)),  # fmt: skip
             run_config=tune.RunConfig(
-                name=name, storage_path=storage_path, verbose=0, callbacks=[Progress()],
+                name=name, storage_path=storage_path, verbose=0,
+                callbacks=[_Progress.make(payload_of, on_epoch, on_error, completed)],
                 failure_config=tune.FailureConfig(max_failures=retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )  # fmt: skip
-    grid = tuner.fit()
 
+    grid = _fit(f"{storage_path}/{name}", make_tuner, trainable)
     done = is_done()
-    errored: dict[str, str] = {}
-    for result in grid:
-        trial_id = (result.config or {}).get("trial_id")
-        if result.error is not None and trial_id and trial_id not in done:
-            errored[trial_id] = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1]}"
-    pending = {t for t in by_id if t not in done and t not in errored}
-    return StageOutcome(done=done & set(by_id), errored=errored, pending=pending, interrupted=bool(pending))
+    errored = _errors(grid, done, payload_of)
+    stopped = {t: p for t, p in completed.items() if t not in done and t not in errored} if asha else {}
+    pending = {t for t in by_id if t not in done and t not in errored and t not in stopped}
+    return StageOutcome(done=done & set(by_id), errored=errored, pending=pending, interrupted=bool(pending),
+                        stopped_early=stopped)  # fmt: skip
+
+
+def run_optuna_trials(
+    *,
+    storage: str,
+    experiment: str,
+    stage: str,
+    optuna_plan: Any,
+    resources: dict[str, float],
+    retries: int,
+    max_concurrent: int,
+    stage_done_count: Callable[[], int],
+    asha: dict[str, Any] | None = None,
+    on_epoch: Callable[[TrialPayload, dict[str, Any]], None] | None = None,
+    on_error: Callable[[TrialPayload, str], None] | None = None,
+) -> StageOutcome:
+    """An Optuna search (``OptunaSearch``) over a grid stage's HyperCuboid grid, resumable like any stage.
+
+    Each suggestion becomes a planned trial with a deterministic id (the same path twice is trained
+    once). The stage is complete when ``optuna_plan.trials`` suggestions have a recorded outcome.
+    """
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from ..runner import trial_payload
+
+    configure_environment()
+    if stage_done_count() >= optuna_plan.trials:
+        return StageOutcome(done=set(), errored={}, pending=set(), interrupted=False)
+    metric = (asha or {}).get("metric", "valid_top1")
+    mode = (asha or {}).get("mode", "max")
+    digest = hashlib.sha256(json.dumps({"stage": stage, "space": optuna_plan.space(), "trials": optuna_plan.trials,
+                                        "seed": optuna_plan.seed, "config": optuna_plan.base_config},
+                                       sort_keys=True).encode()).hexdigest()[:10]  # fmt: skip
+    name = f"{stage}-optuna-{digest}"
+    storage_path = _tune_storage(storage, experiment)
+    trainable = tune.with_resources(
+        tune.with_parameters(_optuna_trainable, optuna_plan=optuna_plan, storage=storage, experiment=experiment),
+        {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0)},
+    )  # fmt: skip
+    completed: dict[str, TrialPayload] = {}
+    keys = set(optuna_plan.space())
+
+    def payload_of(config: dict[str, Any]) -> TrialPayload | None:
+        if not keys <= set(config):
+            return None
+        return trial_payload(optuna_plan.trial({k: config[k] for k in keys}))
+
+    def make_tuner() -> Any:
+        return tune.Tuner(
+            trainable,
+            param_space={k: tune.choice(v) for k, v in optuna_plan.space().items()},
+            tune_config=tune.TuneConfig(
+                search_alg=OptunaSearch(metric=metric, mode=mode, seed=optuna_plan.seed),
+                num_samples=optuna_plan.trials, max_concurrent_trials=max_concurrent,
+                scheduler=_asha(asha, int(optuna_plan.base_config.get("epochs", 1))),
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage_path, verbose=0,
+                callbacks=[_Progress.make(payload_of, on_epoch, on_error, completed)],
+                failure_config=tune.FailureConfig(max_failures=retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )  # fmt: skip
+
+    grid = _fit(f"{storage_path}/{name}", make_tuner, trainable)
+    ids = {p.trial_id for p in (payload_of(r.config or {}) for r in grid) if p is not None}
+    errored = _errors(grid, set(), payload_of)
+    stopped = dict(completed)
+    interrupted = stage_done_count() + len({t for t in stopped if t not in errored}) < optuna_plan.trials \
+        and not errored  # fmt: skip
+    return StageOutcome(done=ids, errored=errored, pending=set(), interrupted=interrupted, stopped_early=stopped)
