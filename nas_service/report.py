@@ -34,7 +34,8 @@ def arm_table(trials: pd.DataFrame) -> pd.DataFrame:
     """One row per (stage, arm): seeds, mean/std of the metrics, best architecture, params, cost."""
     if trials.empty:
         return pd.DataFrame()
-    cost = dict(zip(trials["trial_id"], pd.to_numeric(trials["cpu_seconds"], errors="coerce").fillna(0.0)))
+    # Cost in trial wall seconds (a trial holds its `resources` for that long); CPU seconds are in `results`.
+    cost = dict(zip(trials["trial_id"], pd.to_numeric(trials["wall_seconds"], errors="coerce").fillna(0.0)))
     rows = []
     # Stages in the order they finished (the spec's order), arms in the order their first trial did.
     trials = trials.sort_values("finished_at", kind="stable")
@@ -59,13 +60,18 @@ def arm_table(trials: pd.DataFrame) -> pd.DataFrame:
             row["params"] = f"{int(pd.to_numeric(finished['params']).median()):,}"
         own = float(sum(cost.get(t, 0.0) for t in group["trial_id"]))
         parents = {p for p in group.get("lineage_trial_id", pd.Series(dtype=object)).dropna()}
-        row["cpu s (own + search)"] = f"{own:.0f} + {sum(cost.get(p, 0.0) for p in parents):.0f}"
+        row["trial s (own + search)"] = f"{own:.0f} + {sum(cost.get(p, 0.0) for p in parents):.0f}"
         if select and select in finished and not finished.empty:
             best_row = finished.loc[pd.to_numeric(finished[select], errors="coerce").idxmax()]
-            arch = best_row.get("genotype_json") or best_row.get("path_json")
+            arch = next((v for v in (best_row.get("genotype_json"), best_row.get("path_json")) if isinstance(v, str)), None)
             row["best architecture"] = _short_arch(arch)
+        row["arm id"] = arm
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # Arms whose readable labels collide (e.g. every Optuna suggestion is "path=optuna") get their id.
+    clash = table.duplicated(["stage", "arm"], keep=False)
+    table.loc[clash, "arm"] = table.loc[clash, "arm"] + " [" + table.loc[clash, "arm id"].astype(str) + "]"
+    return table.drop(columns=["arm id"])
 
 
 def _short_arch(arch: Any) -> str:

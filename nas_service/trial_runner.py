@@ -94,7 +94,8 @@ def record_stopped_early(store: Any, trial: Any) -> bool:
     config = config_from_dict(trial.config)
     spec = model_spec(config, get_dataset_info(config.data.dataset))
     summary = summarize_retrain(history, config, spec, count_parameters(build_model(spec)))
-    row = summary_row(trial, summary, status="finished", wall=0.0, cpu=0.0)
+    wall = float(sum(entry.get("epoch_seconds", 0.0) for entry in history))
+    row = summary_row(trial, summary, status="finished", wall=wall, cpu=0.0)
     row["extra"]["stopped_early"] = True
     store.write_trial(trial.trial_id, int(frame["attempt"].max()), row)
     return True

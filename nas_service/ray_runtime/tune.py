@@ -53,6 +53,9 @@ RAY_ENVIRONMENT = {
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
     # The classic reporter honours verbose=0; our own per-epoch lines replace Tune's tables.
     "RAY_AIR_NEW_OUTPUT": "0",
+    # Ctrl-C raises KeyboardInterrupt in the driver instead of Tune's soft stop, whose results cannot tell
+    # an interrupted trial from one that ended; the experiment state on disk resumes either way.
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
 }
 
 # Test instrumentation: JSON {"trial_id": ..., "epoch": N, "marker": FILE}. The named trial raises once,
@@ -279,7 +282,7 @@ class _Progress:
     @staticmethod
     def make(payload_of: Callable[[dict[str, Any]], TrialPayload | None],
              on_epoch: Callable[[TrialPayload, dict[str, Any]], None] | None,
-             on_error: Callable[[TrialPayload, str], None] | None, completed: dict[str, TrialPayload]) -> Any:  # fmt: skip
+             on_error: Callable[[TrialPayload, str], None] | None) -> Any:  # fmt: skip
         from ray import tune
 
         class Progress(tune.Callback):
@@ -292,11 +295,6 @@ class _Progress:
                 payload = payload_of(trial.config)
                 if payload is not None and on_error is not None:
                     on_error(payload, str(trial.error_file or "error"))
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                payload = payload_of(trial.config)
-                if payload is not None:
-                    completed[payload.trial_id] = payload
 
         return Progress()
 
@@ -316,6 +314,22 @@ def _errors(grid: Any, done: set[str], payload_of: Callable[[dict[str, Any]], Tr
         if result.error is not None and payload is not None and payload.trial_id not in done:
             errored[payload.trial_id] = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1]}"
     return errored
+
+
+def _ended_without_record(grid: Any, done: set[str], payload_of: Callable[[dict[str, Any]], TrialPayload | None]
+                          ) -> dict[str, TrialPayload]:  # fmt: skip
+    """Trials that ended without error but left no trial row: stopped early by the scheduler (ASHA).
+
+    Only called after ``fit()`` returned normally: an interrupt raises KeyboardInterrupt instead (see
+    ``TUNE_DISABLE_SIGINT_HANDLER``), so these trials really ended. The caller records them from their
+    epoch rows (which also covers a driver that died after they ended but before recording them).
+    """
+    out = {}
+    for result in grid:
+        payload = payload_of(result.config or {})
+        if result.error is None and payload is not None and payload.trial_id not in done:
+            out[payload.trial_id] = payload
+    return out
 
 
 def run_trials(
@@ -362,7 +376,6 @@ def run_trials(
         tune.with_parameters(_trial_trainable, payloads=by_id, storage=storage, experiment=experiment),
         {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0)},
     )  # fmt: skip
-    completed: dict[str, TrialPayload] = {}
     payload_of = lambda config: by_id.get(config.get("trial_id", ""))  # noqa: E731
     epochs = max(int(p.config.get("epochs", 1)) for p in payloads)
 
@@ -374,7 +387,7 @@ def run_trials(
                                         scheduler=_asha(asha, epochs)),  # fmt: skip
             run_config=tune.RunConfig(
                 name=name, storage_path=storage_path, verbose=0,
-                callbacks=[_Progress.make(payload_of, on_epoch, on_error, completed)],
+                callbacks=[_Progress.make(payload_of, on_epoch, on_error)],
                 failure_config=tune.FailureConfig(max_failures=retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
@@ -383,7 +396,7 @@ def run_trials(
     grid = _fit(f"{storage_path}/{name}", make_tuner, trainable)
     done = is_done()
     errored = _errors(grid, done, payload_of)
-    stopped = {t: p for t, p in completed.items() if t not in done and t not in errored} if asha else {}
+    stopped = _ended_without_record(grid, done, payload_of) if asha else {}
     pending = {t for t in by_id if t not in done and t not in errored and t not in stopped}
     return StageOutcome(done=done & set(by_id), errored=errored, pending=pending, interrupted=bool(pending),
                         stopped_early=stopped)  # fmt: skip
@@ -427,7 +440,6 @@ def run_optuna_trials(
         tune.with_parameters(_optuna_trainable, optuna_plan=optuna_plan, storage=storage, experiment=experiment),
         {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0)},
     )  # fmt: skip
-    completed: dict[str, TrialPayload] = {}
     keys = set(optuna_plan.space())
 
     def payload_of(config: dict[str, Any]) -> TrialPayload | None:
@@ -446,7 +458,7 @@ def run_optuna_trials(
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage_path, verbose=0,
-                callbacks=[_Progress.make(payload_of, on_epoch, on_error, completed)],
+                callbacks=[_Progress.make(payload_of, on_epoch, on_error)],
                 failure_config=tune.FailureConfig(max_failures=retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
@@ -455,7 +467,5 @@ def run_optuna_trials(
     grid = _fit(f"{storage_path}/{name}", make_tuner, trainable)
     ids = {p.trial_id for p in (payload_of(r.config or {}) for r in grid) if p is not None}
     errored = _errors(grid, set(), payload_of)
-    stopped = dict(completed)
-    interrupted = stage_done_count() + len({t for t in stopped if t not in errored}) < optuna_plan.trials \
-        and not errored  # fmt: skip
-    return StageOutcome(done=ids, errored=errored, pending=set(), interrupted=interrupted, stopped_early=stopped)
+    stopped = _ended_without_record(grid, set(), payload_of)
+    return StageOutcome(done=ids, errored=errored, pending=set(), interrupted=False, stopped_early=stopped)

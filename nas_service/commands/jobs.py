@@ -1,0 +1,96 @@
+"""``nas-service submit`` and ``nas-service jobs``: experiments as jobs on a Ray cluster (Jobs API)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("submit", help="submit an experiment to a Ray cluster as a job (resumes on resubmit)",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p.add_argument("spec")
+    p.add_argument("--address", required=True, help="the dashboard URL, e.g. http://HEAD:8265 (as `ray job submit`)")
+    p.add_argument("--storage", default=None, help="override the spec's storage; must be reachable from every node")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="declare a local storage path a mount shared by every node (e.g. NFS at the same path)")
+    p.add_argument("--token", default=None, help="Ray auth token (default: $RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+    p.add_argument("--wait", action="store_true", help="wait for the job to end and exit with its outcome")
+    p.set_defaults(func=_submit)
+
+    p = subparsers.add_parser("jobs", help="list, inspect, follow or stop experiment jobs on a Ray cluster")
+    p.add_argument("action", choices=["list", "status", "logs", "stop"])
+    p.add_argument("job_id", nargs="?", help="a submission id (status, logs, stop)")
+    p.add_argument("--address", required=True, help="the dashboard URL, e.g. http://HEAD:8265")
+    p.add_argument("--token", default=None)
+    p.set_defaults(func=_jobs)
+
+
+def check_storage_for_cluster(storage: str, address: str, shared: bool) -> None:
+    """Cluster runs need storage every node reaches: a URI, a declared shared mount, or a one-host cluster."""
+    if "://" in storage and not storage.startswith("file://"):
+        return
+    host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
+    if shared or host in _LOCAL_HOSTS:
+        return
+    raise ValueError(
+        f"storage: {storage!r} is a local path, but the cluster at {address} may run trials on other hosts, "
+        "where that path is not the same disk; use a URI every node reaches (s3://..., gs://...) or a shared "
+        "mount at the same path on every node and pass --shared-storage"
+    )
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from nas_service.commands.experiment import _load
+    from nas_service.ray_runtime.jobs import jobs_client, submit_experiment
+
+    spec = _load(args.spec, args.storage)  # invalid specs fail here, before anything is sent
+    check_storage_for_cluster(spec.storage, args.address, args.shared_storage)
+    project = Path(__file__).resolve().parents[2]
+    spec_path = Path(args.spec).resolve()
+    try:
+        relative = spec_path.relative_to(project)
+    except ValueError:
+        raise ValueError(f"spec: {args.spec} must be inside the project ({project}) to travel with the job") from None
+    entrypoint = f"python -m nas_service.cli run {shlex.quote(str(relative))} --address auto " \
+                 f"--storage {shlex.quote(spec.storage)}"  # fmt: skip
+    client = jobs_client(args.address, token=args.token)
+    result = submit_experiment(client, experiment=spec.name, entrypoint=entrypoint, working_dir=str(project))
+    if result.started:
+        print(f"submitted {result.submission_id}: {entrypoint}")
+    else:
+        print(f"{result.submission_id} of experiment {spec.name} is already {result.status}; not starting another")
+    if not args.wait:
+        return 0
+    while True:
+        status = str(client.get_job_status(result.submission_id).value)
+        if status not in ("PENDING", "RUNNING"):
+            print(f"{result.submission_id}: {status}")
+            return 0 if status == "SUCCEEDED" else 1
+        time.sleep(2)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from nas_service.ray_runtime.jobs import jobs_client
+
+    client = jobs_client(args.address, token=args.token)
+    if args.action == "list":
+        for job in client.list_jobs():
+            if (job.submission_id or "").startswith("nas-"):
+                print(f"{job.submission_id:<40}{job.status.value:<11}{job.entrypoint}")
+        return 0
+    if not args.job_id:
+        raise ValueError(f"jobs {args.action}: needs a job id (see `nas-service jobs list`)")
+    if args.action == "status":
+        info = client.get_job_info(args.job_id)
+        print(f"{args.job_id}: {info.status.value} {info.message or ''}".rstrip())
+    elif args.action == "logs":
+        print(client.get_job_logs(args.job_id), end="")
+    else:
+        print(f"{args.job_id}: stop requested" if client.stop_job(args.job_id) else f"{args.job_id}: not running")
+    return 0

@@ -1,0 +1,87 @@
+"""Experiments as Ray jobs: submission through the Jobs API, listing, logs, stop.
+
+Ray refuses to reuse a submission id, even after the job ended, and never retries a job by itself. So an
+experiment's jobs are ``nas-<experiment>-<attempt>``: submitting while one of them is pending or running
+reports that job instead of starting a second writer; after it failed or was stopped, the next attempt's
+entry point is the same ``nas-service run``, which resumes the experiment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["JobInfo", "SubmitResult", "jobs_client", "experiment_jobs", "submit_experiment", "ACTIVE_STATES"]
+
+ACTIVE_STATES = ("PENDING", "RUNNING")
+# What the job's working directory leaves behind: environments, results, VCS data.
+RUNTIME_EXCLUDES = [".venv", ".git", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"]
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    submission_id: str
+    status: str
+    entrypoint: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    submission_id: str
+    started: bool  # False: a job of this experiment was already pending or running
+    status: str
+
+
+def _token_headers(token: str | None) -> dict[str, str] | None:
+    token = token or os.environ.get("RAY_AUTH_TOKEN")
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+        if os.environ.get("RAY_AUTH_MODE") == "token" and path.is_file():
+            token = path.read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else None
+
+
+def jobs_client(address: str, *, token: str | None = None) -> Any:
+    """A ``JobSubmissionClient`` for the dashboard URL ``address`` (``http://HEAD:8265``), with token auth."""
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address, headers=_token_headers(token))
+
+
+def _prefix(experiment: str) -> str:
+    return f"nas-{experiment}-"
+
+
+def experiment_jobs(client: Any, experiment: str) -> list[JobInfo]:
+    """This experiment's jobs, oldest attempt first."""
+    pattern = re.compile(re.escape(_prefix(experiment)) + r"(\d+)$")
+    found = []
+    for job in client.list_jobs():
+        sid = job.submission_id or ""
+        match = pattern.match(sid)
+        if match:
+            found.append((int(match.group(1)), JobInfo(sid, str(job.status.value), job.entrypoint, job.message or "")))
+    return [info for _, info in sorted(found)]
+
+
+def submit_experiment(client: Any, *, experiment: str, entrypoint: str, working_dir: str,
+                      env_vars: dict[str, str] | None = None) -> SubmitResult:  # fmt: skip
+    """Submits ``entrypoint`` as the next attempt of ``experiment``, unless one is already active."""
+    jobs = experiment_jobs(client, experiment)
+    for job in jobs:
+        if job.status in ACTIVE_STATES:
+            return SubmitResult(job.submission_id, started=False, status=job.status)
+    attempt = int(jobs[-1].submission_id.rsplit("-", 1)[1]) + 1 if jobs else 1
+    submission_id = f"{_prefix(experiment)}{attempt}"
+    runtime_env = {
+        "working_dir": working_dir,
+        "excludes": RUNTIME_EXCLUDES,
+        "env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": ".", **(env_vars or {})},
+    }
+    client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env,
+                      metadata={"experiment": experiment, "attempt": str(attempt)})  # fmt: skip
+    return SubmitResult(submission_id, started=True, status="PENDING")
