@@ -16,8 +16,9 @@ Design: ``start`` launches a *supervisor* process (its own session and process g
 ``Cluster`` object, writes ``<state-dir>/cluster.json`` (addresses, pids, temp dirs, ports) and waits for a
 signal. ``stop`` (from any process) sends SIGTERM to it; it removes the worker nodes first, then the head
 (the other order takes ~10 s and leaves the worker nodes' processes behind), and ``stop`` then checks that
-every process of that process group and every process that names the cluster's temp root is gone, killing
-stragglers. Ray's own reaper kills the group if the supervisor itself is SIGKILLed.
+every process of that process group and every Ray process that names the cluster's temp root is gone,
+killing stragglers. If the supervisor itself is SIGKILLed, Ray's reaper takes most of the cluster down; the
+nodes' DashboardAgent/RuntimeEnvAgent linger about a minute (measured), and ``stop`` kills them.
 
 Command line::
 
@@ -40,6 +41,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,6 +55,8 @@ from typing import Any
 
 __all__ = [
     "ClusterStateError",
+    "client_env",
+    "find_port_base",
     "LocalCluster",
     "LocalClusterConfig",
     "LocalClusterError",
@@ -76,6 +80,10 @@ PORT_SEARCH_RANGE = (20000, 32000)
 # Unix socket paths are limited to 107 bytes and Ray nests `session_<date>_<pid>/sockets/plasma_store` under
 # the temp dir, so the temp root must stay short: it goes under /tmp, not under the state dir.
 MAX_TEMP_ROOT_LEN = 40
+# Set through num_cpus and friends, never as custom resources (Ray refuses them there).
+RESERVED_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+# `stop` asks the supervisor to tear down with SIGTERM, or with this signal to keep the temp dirs (logs).
+KEEP_TEMP_SIGNAL = signal.SIGUSR1
 
 
 class LocalClusterError(RuntimeError):
@@ -105,12 +113,18 @@ class LocalClusterConfig:
         temp_root: folder for the nodes' temp dirs (short, see MAX_TEMP_ROOT_LEN); None makes one in /tmp.
         start_timeout_s: how long ``start`` waits for every node to be alive.
         owner_pid: stop the cluster when this process exits (tests); None keeps it running until ``stop``.
+        health_check_period_ms: how often the GCS checks each raylet. With the failure threshold, this is how
+            fast a lost node is marked dead: Ray's defaults (3000 ms x 5) take ~15 s; 1000 ms x 3 take ~3 s
+            and still tolerate a raylet that a busy 2-core machine keeps from answering for a few seconds.
+        health_check_failure_threshold: failed checks in a row before the node is marked dead.
+        keep_temp: keep the nodes' temp dirs (Ray's logs) after ``stop``; by default a temp root that
+            ``start`` created itself is deleted.
     """
 
     state_dir: str
     workers: int = 1
-    head_cpus: float = 1
-    worker_cpus: float = 2
+    head_cpus: int = 1
+    worker_cpus: int = 2
     head_resources: dict[str, float] = field(default_factory=dict)
     worker_resources: dict[str, float] = field(default_factory=dict)
     dashboard_port: int = 8265
@@ -121,6 +135,9 @@ class LocalClusterConfig:
     temp_root: str | None = None
     start_timeout_s: float = 180.0
     owner_pid: int | None = None
+    health_check_period_ms: int = 1000
+    health_check_failure_threshold: int = 3
+    keep_temp: bool = False
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -133,6 +150,18 @@ class LocalClusterConfig:
         if self.object_store_mb < 80:
             # Ray refuses object stores under 75 MiB.
             raise ClusterStateError(f"`object_store_mb >= 80` must hold, got {self.object_store_mb}")
+        for name in ("head_resources", "worker_resources"):
+            reserved = sorted(set(getattr(self, name)) & RESERVED_RESOURCES)
+            if reserved:
+                raise ClusterStateError(
+                    f"{name} cannot set Ray's built-in resources {reserved}: use head_cpus/worker_cpus "
+                    f"(custom resources only), got {getattr(self, name)}"
+                )
+        if self.health_check_period_ms < 100 or self.health_check_failure_threshold < 1:
+            raise ClusterStateError(
+                "`health_check_period_ms >= 100 and health_check_failure_threshold >= 1` must hold, but got "
+                f"({self.health_check_period_ms}, {self.health_check_failure_threshold})"
+            )
         if self.temp_root is not None and len(self.temp_root) > MAX_TEMP_ROOT_LEN:
             raise ClusterStateError(
                 f"temp_root must be at most {MAX_TEMP_ROOT_LEN} characters (Unix socket paths under it are "
@@ -147,6 +176,8 @@ class LocalClusterConfig:
 def _port_free(port: int) -> bool:
     """True when nothing listens on ``port`` on 127.0.0.1 (nor on 0.0.0.0, which would clash as well)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As servers do (Ray's included): connections of a stopped server in TIME_WAIT do not make it taken.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((LOOPBACK, port))
         except OSError:
@@ -215,7 +246,8 @@ def load_state(state_dir: str | os.PathLike) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise ClusterStateError(f"no local cluster state at {path}: start one with `start --state-dir`") from None
+        raise ClusterStateError(f"no local cluster state at {path}: start one with `start --state-dir`") \
+            from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -241,8 +273,9 @@ def cluster_processes(state: dict[str, Any]) -> list:
     """Every live process of the cluster described by ``state``, as ``psutil.Process`` objects.
 
     A process belongs to the cluster when it is the supervisor or one of its descendants, when it is in the
-    supervisor's process group (Ray's node processes stay in it; the reaper kills that group), or when its
-    command line names the cluster's temp root (a process that escaped both, e.g. reparented to init).
+    supervisor's process group (Ray's node processes stay in it; the reaper kills that group), or when it is
+    a Ray process whose command line names the cluster's temp root (one that escaped both, e.g. reparented to
+    init after a setsid).
     """
     import psutil
 
@@ -251,7 +284,11 @@ def cluster_processes(state: dict[str, Any]) -> list:
     if sup is not None:
         found[sup.pid] = sup
         for child in sup.children(recursive=True):
-            found[child.pid] = child
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    found[child.pid] = child
+            except psutil.NoSuchProcess:
+                continue
     pgid = state.get("pgid")
     root = state.get("temp_root")
     for p in psutil.process_iter(["pid", "cmdline"]):
@@ -259,12 +296,32 @@ def cluster_processes(state: dict[str, Any]) -> list:
             continue
         try:
             in_group = pgid is not None and os.getpgid(p.pid) == pgid
-            names_root = bool(root) and any(root in arg for arg in (p.info["cmdline"] or []))
+            cmdline = p.info["cmdline"] or []
+            names_root = bool(root) and _is_ray_process(cmdline) and any(root in arg for arg in cmdline)
             if (in_group or names_root) and p.status() != psutil.STATUS_ZOMBIE:
                 found[p.pid] = p
         except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
             continue
     return list(found.values())
+
+
+_RAY_PACKAGE_MARK = f"{os.sep}ray{os.sep}"
+
+
+def _is_ray_process(cmdline: list[str]) -> bool:
+    """A process started from Ray's package (so `less <temp_root>/.../raylet.out` is never taken for one)."""
+    return bool(cmdline) and (
+        cmdline[0].startswith(("ray::", "ray-dashboard", "ray_"))
+        or any(_RAY_PACKAGE_MARK in arg and "site-packages" in arg for arg in cmdline[:3])
+    )
+
+
+def _reap(pid: int) -> None:
+    """Collect ``pid``'s exit status if it is our child (a LocalCluster's supervisor), so no zombie stays."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def _kill_and_wait(procs: list, timeout: float) -> list:
@@ -298,6 +355,10 @@ def _cluster_env(config: LocalClusterConfig, temp_root: str, token_file: str | N
     }
     if token_file:
         env["RAY_AUTH_TOKEN_PATH"] = token_file
+    # Job entrypoints (`python ...`, `nas-service run ...`) resolve through PATH: make them the interpreter
+    # and scripts of the environment the cluster runs in, as an activated virtual environment would.
+    bin_dir = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
     return env
 
 
@@ -323,7 +384,8 @@ def _raylet_pid(node) -> int:
     return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
 
 
-def _supervise(config: LocalClusterConfig, temp_root: str, port_base: int, token_file: str | None) -> int:
+def _supervise(config: LocalClusterConfig, temp_root: str, port_base: int, token_file: str | None,
+               temp_root_owned: bool) -> int:  # fmt: skip
     """Start the cluster, record it in the state file, wait for SIGTERM/SIGINT, then tear it down.
 
     Runs in its own process (session leader) started by :func:`start_cluster`; every Ray process it starts
@@ -331,6 +393,9 @@ def _supervise(config: LocalClusterConfig, temp_root: str, port_base: int, token
     """
     import psutil
 
+    # A caller's RAY_AUTH_TOKEN would override our token file, and RAY_ADDRESS would point drivers elsewhere.
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        os.environ.pop(name, None)
     os.environ.update(_cluster_env(config, temp_root, token_file))
     # Ray's default temp dir under RAY_TMPDIR; it holds the `ray_current_cluster` address file.
     os.makedirs(os.path.join(temp_root, "ray"), exist_ok=True)
@@ -342,6 +407,7 @@ def _supervise(config: LocalClusterConfig, temp_root: str, port_base: int, token
         "supervisor_create_time": psutil.Process().create_time(),
         "pgid": os.getpgid(0),
         "temp_root": temp_root,
+        "temp_root_owned": temp_root_owned,
         "port_base": port_base,
         "token_file": token_file,
         "auth_mode": os.environ["RAY_AUTH_MODE"],
@@ -352,13 +418,16 @@ def _supervise(config: LocalClusterConfig, temp_root: str, port_base: int, token
     _write_state(config.state_dir, state)
 
     stop_requested = threading.Event()
+    keep_temp = config.keep_temp
 
     def on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
+        nonlocal keep_temp
+        keep_temp = keep_temp or signum == KEEP_TEMP_SIGNAL
         stop_requested.set()
 
     def install_handlers() -> None:
         # Ray's Node installs its own SIGTERM handler (kill that one node, exit); ours must win.
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, KEEP_TEMP_SIGNAL):
             signal.signal(sig, on_signal)
 
     install_handlers()
@@ -379,6 +448,10 @@ def _supervise(config: LocalClusterConfig, temp_root: str, port_base: int, token
             dashboard_host=LOOPBACK,
             dashboard_port=config.dashboard_port,
             object_store_memory=config.object_store_mb * mb,
+            _system_config={
+                "health_check_period_ms": config.health_check_period_ms,
+                "health_check_failure_threshold": config.health_check_failure_threshold,
+            },
             **_node_ports(port_base, 0),
         )
         if config.gcs_port:
@@ -423,6 +496,11 @@ def _supervise(config: LocalClusterConfig, temp_root: str, port_base: int, token
         print(f"local cluster ready in {state['started_s']} s: {cluster.address}", flush=True)
 
         while not stop_requested.wait(timeout=1.0):
+            # Reap node processes that died (e.g. a raylet killed by `kill-worker`): they are our children.
+            for node in cluster.list_all_nodes():
+                for infos in node.all_processes.values():
+                    for info in infos:
+                        info.process.poll()
             if config.owner_pid is not None and not psutil.pid_exists(config.owner_pid):
                 print(f"owner process {config.owner_pid} is gone: stopping", flush=True)
                 break
@@ -437,6 +515,8 @@ def _supervise(config: LocalClusterConfig, temp_root: str, port_base: int, token
     state["status"] = "stopping"
     _write_state(config.state_dir, state)
     _teardown(cluster, state, config)
+    if temp_root_owned and not keep_temp:
+        shutil.rmtree(temp_root, ignore_errors=True)
     state["status"] = "stopped"
     _write_state(config.state_dir, state)
     return 0
@@ -470,7 +550,28 @@ def _teardown(cluster, state: dict[str, Any], config: LocalClusterConfig) -> Non
             cluster.remove_node(cluster.head_node, allow_graceful=True)
         except Exception as e:
             print(f"removing the head node: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    # Ray kills the processes it tracks per node (GCS, raylet, dashboard, agents); the workers and job
+    # drivers the raylets started exit on their own once their raylet is gone. Give them a moment, then kill
+    # whatever of this cluster is left, so that the supervisor exits only when its cluster is gone.
+    deadline = time.monotonic() + 3.0
+    while True:
+        left = [p for p in cluster_processes(state) if p.pid != os.getpid()]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if left:
+        names = sorted({_name(p) for p in left})
+        print(f"killing {len(left)} processes left after the nodes were removed: {names}", flush=True)
+        _kill_and_wait(left, timeout=5)
+    state["leftovers_killed"] = len(left)
     state["teardown_s"] = round(time.monotonic() - t0, 2)
+
+
+def _name(p) -> str:
+    try:
+        return p.name()
+    except Exception:  # gone meanwhile
+        return f"pid {p.pid}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -514,8 +615,8 @@ def start_cluster(config: LocalClusterConfig, *, log_to: str | None = None) -> d
         old = load_state(state_dir)
         if _proc(old["supervisor_pid"], old.get("supervisor_create_time")) is not None:
             raise ClusterStateError(
-                f"a local cluster is already running from {state_dir} (supervisor pid {old['supervisor_pid']}); "
-                "stop it first or use another --state-dir"
+                f"a local cluster is already running from {state_dir} (supervisor pid "
+                f"{old['supervisor_pid']}); stop it first or use another --state-dir"
             )
         _state_path(state_dir).unlink()
     if not _port_free(config.dashboard_port):
@@ -529,15 +630,16 @@ def start_cluster(config: LocalClusterConfig, *, log_to: str | None = None) -> d
         port_base = config.port_base
         if not _block_free(port_base, n_nodes):
             raise ClusterStateError(
-                f"ports {port_base}..{port_base + n_nodes * PORTS_PER_NODE - 1} are not all free on {LOOPBACK}"
+                f"ports {port_base}..{port_base + n_nodes * PORTS_PER_NODE - 1} are not all free on "
+                f"{LOOPBACK}"
             )
     temp_root = _make_temp_root(config)
     token_file = _write_token(state_dir) if config.token else None
 
     log_path = Path(log_to) if log_to else state_dir / SUPERVISOR_LOG
     payload = json.dumps({"config": asdict(config), "temp_root": temp_root, "port_base": port_base,
-                          "token_file": token_file})  # fmt: skip
-    with open(log_path, "ab") as log:
+                          "token_file": token_file, "temp_root_owned": config.temp_root is None})  # fmt: skip
+    with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "_supervise", payload],
             stdin=subprocess.DEVNULL,
@@ -549,6 +651,7 @@ def start_cluster(config: LocalClusterConfig, *, log_to: str | None = None) -> d
             close_fds=True,
         )
     deadline = time.monotonic() + config.start_timeout_s + 30
+    reason = f"it was not ready within {config.start_timeout_s + 30:.0f} s"
     while time.monotonic() < deadline:
         code = proc.poll()
         try:
@@ -559,19 +662,24 @@ def start_cluster(config: LocalClusterConfig, *, log_to: str | None = None) -> d
             if state["status"] == "ready":
                 return state
             if state["status"] == "failed":
-                code = proc.wait(timeout=60)
+                reason = f"{state.get('error')}"
+                break
         if code is not None:
-            raise LocalClusterError(
-                f"the local cluster did not start (supervisor exit code {code}); end of {log_path}:\n"
-                + _tail(log_path)
-            )
+            reason = f"the supervisor exited with code {code}"
+            break
         time.sleep(0.2)
-    # Timed out: take down whatever came up, so a failed start leaves nothing behind.
+    # Failed: take down whatever came up, so that a failed start leaves no process behind. The supervisor
+    # is our child and not yet reaped, so its pid, which is also its process group id, cannot have been
+    # reused: killing that group hits only processes it started.
     try:
-        stop_cluster(state_dir)
-    finally:
-        raise LocalClusterError(f"the local cluster was not ready within {config.start_timeout_s + 30:.0f} s; "
-                                f"end of {log_path}:\n" + _tail(log_path))  # fmt: skip
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    if _state_path(state_dir).exists():
+        stop_cluster(state_dir, keep_temp=True)
+    raise LocalClusterError(f"the local cluster did not start: {reason}; its logs are in {temp_root}; "
+                            f"end of {log_path}:\n" + _tail(log_path))  # fmt: skip
 
 
 def _tail(path: Path, n: int = 30) -> str:
@@ -581,10 +689,16 @@ def _tail(path: Path, n: int = 30) -> str:
         return "(no log)"
 
 
-def stop_cluster(state_dir: str | os.PathLike, *, timeout_s: float = 60.0) -> dict[str, Any]:
+def stop_cluster(state_dir: str | os.PathLike, *, timeout_s: float = 60.0,
+                 keep_temp: bool | None = None) -> dict[str, Any]:  # fmt: skip
     """Stop the cluster of ``state_dir``: its worker nodes, then its head, then any straggler.
 
     Only processes of this cluster are touched (see :func:`cluster_processes`); ``ray stop`` is never used.
+
+    Args:
+        state_dir: the folder given to ``start``.
+        timeout_s: how long to wait for the supervisor's orderly teardown before killing what is left.
+        keep_temp: keep the nodes' temp dirs (Ray's logs); None follows the ``keep_temp`` of ``start``.
 
     Returns:
         ``{"stopped_s": seconds, "killed_stragglers": n, "already_stopped": bool}``.
@@ -598,11 +712,15 @@ def stop_cluster(state_dir: str | os.PathLike, *, timeout_s: float = 60.0) -> di
     sup = _proc(state["supervisor_pid"], state.get("supervisor_create_time"))
     already = sup is None
     if sup is not None:
-        sup.send_signal(signal.SIGTERM)
-        try:
-            sup.wait(timeout=timeout_s)
-        except Exception:  # psutil.TimeoutExpired: fall through to the kill below
-            pass
+        sup.send_signal(KEEP_TEMP_SIGNAL if keep_temp else signal.SIGTERM)
+        # Poll rather than psutil's wait(): when the supervisor is another process's child (the process that
+        # ran `start`), it stays a zombie until that process reaps it, and _proc counts a zombie as gone.
+        deadline = time.monotonic() + timeout_s
+        while _proc(state["supervisor_pid"], state.get("supervisor_create_time")) is not None:
+            if time.monotonic() > deadline:
+                break  # the kill below takes over
+            time.sleep(0.05)
+        _reap(state["supervisor_pid"])
     leftovers = cluster_processes(load_state(state_dir))
     alive = _kill_and_wait(leftovers, timeout=10) if leftovers else []
     if alive:
@@ -613,6 +731,10 @@ def stop_cluster(state_dir: str | os.PathLike, *, timeout_s: float = 60.0) -> di
     if final.get("status") not in ("stopped", "failed"):
         final["status"] = "stopped"
         _write_state(state_dir, final)
+    if keep_temp is None:
+        keep_temp = final["config"].get("keep_temp", False)
+    if final.get("temp_root_owned") and not keep_temp:
+        shutil.rmtree(final["temp_root"], ignore_errors=True)
     return {
         "stopped_s": round(time.monotonic() - t0, 2),
         "killed_stragglers": len(leftovers),
@@ -644,7 +766,15 @@ def kill_worker(state_dir: str | os.PathLike, index: int = 0) -> int:
     if p is None:
         raise ClusterStateError(f"the raylet of worker {index} (pid {rec['pid']}) is not running")
     p.kill()
-    p.wait(timeout=10)
+    # The raylet is the supervisor's child, not ours: wait until it is gone or a zombie (the supervisor
+    # reaps it within a second).
+    deadline = time.monotonic() + 10
+    while _proc(rec["pid"], rec["create_time"]) is not None:
+        if time.monotonic() > deadline:
+            raise LocalClusterError(
+                f"the raylet of worker {index} (pid {rec['pid']}) survived SIGKILL for 10 s"
+            )
+        time.sleep(0.05)
     return rec["pid"]
 
 
@@ -714,7 +844,9 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         """Start the cluster and wait until every node is alive; returns ``self``."""
         if self.state is not None:
-            raise LocalClusterError(f"this LocalCluster was already started (state dir {self.config.state_dir})")
+            raise LocalClusterError(
+                f"this LocalCluster was already started (state dir {self.config.state_dir})"
+            )
         t0 = time.monotonic()
         self.state = start_cluster(self.config)
         self.start_s = time.monotonic() - t0
@@ -802,33 +934,49 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("start", help="start a head and worker nodes on 127.0.0.1, then return", formatter_class=fmt)
-    p.add_argument("--state-dir", dest="state_dir", required=True, help="folder for the state file, log, token")
+    p = sub.add_parser("start", help="start a head and worker nodes on 127.0.0.1, then return",
+                       formatter_class=fmt)  # fmt: skip
+    p.add_argument("--state-dir", dest="state_dir", required=True,
+                   help="folder for the state file, log, token")  # fmt: skip
     g = p.add_argument_group("nodes")
     g.add_argument("--workers", type=int, default=1, help="number of worker nodes")
-    g.add_argument("--head-cpus", dest="head_cpus", type=float, default=1)
-    g.add_argument("--worker-cpus", dest="worker_cpus", type=float, default=2)
+    g.add_argument("--head-cpus", dest="head_cpus", type=int, default=1)
+    g.add_argument("--worker-cpus", dest="worker_cpus", type=int, default=2)
     g.add_argument("--head-resources", dest="head_resources", type=_resources, default={},
                    help='custom resources of the head, JSON, e.g. \'{"head": 1}\'')  # fmt: skip
     g.add_argument("--worker-resources", dest="worker_resources", type=_resources, default={},
-                   help='custom resources of each worker node, JSON, e.g. \'{"worker_node": 1}\'')  # fmt: skip
+                   help='custom resources of each worker node, JSON, e.g. \'{"worker_node": 1}\'')
     g.add_argument("--object-store-mb", dest="object_store_mb", type=int, default=200)
     g = p.add_argument_group("ports and auth")
     g.add_argument("--dashboard-port", dest="dashboard_port", type=int, default=8265,
                    help="dashboard / Jobs API port on 127.0.0.1")  # fmt: skip
     g.add_argument("--gcs-port", dest="gcs_port", type=int, default=0, help="GCS port (0: any free port)")
     g.add_argument("--port-base", dest="port_base", type=int, default=None,
-                   help=f"first of {PORTS_PER_NODE} ports per node (agent + worker range); default: a free block")
+                   help=f"first of {PORTS_PER_NODE} ports per node (agent + worker range); "
+                        "default: a free block")  # fmt: skip
     g.add_argument("--token", action="store_true", help="token authentication with a fresh token")
     g.add_argument("--temp-root", dest="temp_root", default=None,
-                   help=f"folder for the nodes' temp dirs (<= {MAX_TEMP_ROOT_LEN} chars); default: new in /tmp")
+                   help=f"folder for the nodes' temp dirs (<= {MAX_TEMP_ROOT_LEN} chars); "
+                        "default: a new one in /tmp")  # fmt: skip
+    g.add_argument("--keep-temp", dest="keep_temp", action="store_true",
+                   help="keep the nodes' temp dirs (Ray's logs) after stop")  # fmt: skip
     g.add_argument("--timeout", dest="start_timeout_s", type=float, default=180.0, help="seconds to wait")
+    g.add_argument("--health-check-period-ms", dest="health_check_period_ms", type=int, default=1000,
+                   help="GCS health checks of raylets; x the threshold = time until a lost node is dead")
+    g.add_argument("--health-check-failure-threshold", dest="health_check_failure_threshold", type=int,
+                   default=3)  # fmt: skip
 
-    for name, help_ in (("status", "state of the cluster (JSON)"), ("stop", "stop the cluster")):
-        p = sub.add_parser(name, help=help_, formatter_class=fmt)
-        p.add_argument("--state-dir", dest="state_dir", required=True)
+    p = sub.add_parser("status", help="state of the cluster (JSON)", formatter_class=fmt)
+    p.add_argument("--state-dir", dest="state_dir", required=True)
 
-    p = sub.add_parser("kill-worker", help="SIGKILL a worker node's raylet (failure tests)", formatter_class=fmt)
+    p = sub.add_parser("stop", help="stop the cluster (worker nodes first, then the head)",
+                       formatter_class=fmt)  # fmt: skip
+    p.add_argument("--state-dir", dest="state_dir", required=True)
+    p.add_argument("--keep-temp", dest="keep_temp", action="store_true", default=None,
+                   help="keep the nodes' temp dirs (Ray's logs) even if start did not ask to")  # fmt: skip
+
+    p = sub.add_parser("kill-worker", help="SIGKILL a worker node's raylet (failure tests)",
+                       formatter_class=fmt)  # fmt: skip
     p.add_argument("--state-dir", dest="state_dir", required=True)
     p.add_argument("--index", type=int, default=0, help="which worker node")
 
@@ -841,7 +989,8 @@ def _print_started(state: dict[str, Any]) -> None:
     env = client_env(state)
     exports = " ".join(f"{k}={v}" for k, v in env.items())
     workers = [n for n in state["nodes"] if n["role"] == "worker"]
-    print(f"local Ray cluster up in {state['started_s']} s: head + {len(workers)} worker node(s), all on {LOOPBACK}")
+    print(f"local Ray cluster up in {state['started_s']} s: head + {len(workers)} worker node(s), "
+          f"all on {LOOPBACK}")  # fmt: skip
     print(f"  GCS address:   {state['gcs_address']}")
     print(f"  dashboard:     {state['dashboard_url']}   (Jobs API)")
     print(f"  temp dirs:     {state['temp_root']}")
@@ -862,13 +1011,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "_supervise":
             data = json.loads(args.payload)
             return _supervise(LocalClusterConfig(**data["config"]), data["temp_root"], data["port_base"],
-                              data["token_file"])  # fmt: skip
+                              data["token_file"], data["temp_root_owned"])  # fmt: skip
         if args.command == "start":
             opts = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
             state = start_cluster(LocalClusterConfig(**opts))
             _print_started(state)
         elif args.command == "stop":
-            out = stop_cluster(args.state_dir)
+            out = stop_cluster(args.state_dir, keep_temp=args.keep_temp)
             if out["already_stopped"] and not out["killed_stragglers"]:
                 print("the local cluster was not running; nothing left of it")
             else:

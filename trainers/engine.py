@@ -59,6 +59,8 @@ class Hooks:
         is_writer: whether this worker writes checkpoints and files (rank 0 only in DDP).
         should_stop: polled between epochs; True ends the loop cleanly after the current checkpoint.
         log: a line of progress (per epoch); defaults to silence.
+        step_end: called as ``step_end(epoch, step, loss, n)`` after every weight step with this worker's
+            loss and batch size (e.g. to record per-step losses, or to combine them across DDP workers).
     """
 
     report: Callable[[dict[str, Any], Path | None], None] = lambda metrics, checkpoint: None
@@ -68,6 +70,7 @@ class Hooks:
     is_writer: bool = True
     should_stop: Callable[[], bool] = lambda: False
     log: Callable[[str], None] = lambda line: None
+    step_end: Callable[[int, int, float, int], None] = lambda epoch, step, loss, n: None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -207,6 +210,7 @@ def train_one_epoch(
             top1, top5 = _topk_correct(logits.detach().float(), y, (1, 5))
             n = y.shape[0]
             sums += torch.tensor([loss_value * n, float(top1), float(top5), n], dtype=torch.float64)
+        hooks.step_end(epoch, step, loss_value, n)
     sums = hooks.all_reduce_sum(sums)
     return _stats(sums, time.perf_counter() - start)
 

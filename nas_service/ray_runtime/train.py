@@ -1,0 +1,536 @@
+"""Distributed (DDP) retraining on Ray Train V2, driven from inside a Tune trial or any Ray driver.
+
+The workers run the same loop as single-process retraining (:func:`trainers.retrain.run_retrain`); only
+its :class:`~trainers.engine.Hooks` change:
+
+- ``wrap_model``: batch norm becomes synchronized (:func:`convert_sync_batchnorm`), then
+  ``ray.train.torch.prepare_model`` wraps the model in DDP. The loop keeps saving the unwrapped model.
+- ``wrap_loader``: :func:`shard_loader` gives each worker its slice of every *global* batch of the loader
+  the loop built. The global batches are exactly the single-process ones (same ``(seed, epoch)`` order, same
+  generator draws), so with synchronized batch norm a DDP step is the single-process step of that batch.
+  ``ray.train.torch.prepare_data_loader`` is not used: its ``DistributedSampler`` shuffles with its own
+  seed and gives every worker the *whole* batch size (the global batch would grow with the workers), and
+  it pads the evaluation splits with repeated images.
+- ``all_reduce_sum``: ``torch.distributed.all_reduce``; ``is_writer``: rank 0.
+- ``report``: every rank calls ``ray.train.report`` (a barrier); rank 0 attaches the epoch checkpoint and
+  ``best.pt``. Rank 0 also sends each epoch's metrics to the driver over a Ray queue, so the caller's
+  ``report`` runs in the driver, once per epoch, while training goes on.
+
+Resume: Ray Train keeps the checkpoints under ``<storage_path>/<run_name>``. Every start of the worker
+group (a fresh ``fit`` with the same run name, or a restart after a lost worker) copies the latest one into
+an empty per-worker folder, and ``run_retrain``'s own resume logic continues from it, on every rank from
+the same epoch. A run whose final checkpoint is already in the caller's ``workdir`` is not started again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, RandomSampler
+
+__all__ = [
+    "DDPConfigError",
+    "WORKER_FAULT_ENV",
+    "ShardedBatchSampler",
+    "shard_loader",
+    "DistributedBatchNorm",
+    "convert_sync_batchnorm",
+    "per_worker_batch_size",
+    "ddp_run_name",
+    "run_ddp_retrain",
+]
+
+# Test instrumentation: JSON {"rank": R, "epoch": E, "step": S, "marker": FILE}. Worker R SIGKILLs itself
+# once, after step S of epoch E (the marker file records that it did): a worker lost mid-epoch. Read in the
+# driver and handed to the workers, so it works whatever environment Ray started its workers with.
+WORKER_FAULT_ENV = "NAS_SERVICE_INJECT_WORKER_FAULT"
+
+
+class DDPConfigError(ValueError):
+    """A DDP retraining request that cannot run as asked (names the rule and the value)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sharding the global batch (no Ray: testable in one process)
+
+
+def per_worker_batch_size(batch_size: int, workers: int) -> int:
+    """The share of the global batch each worker trains on.
+
+    Raises:
+        DDPConfigError: ``workers`` < 1, or ``batch_size`` not divisible by ``workers`` (the workers would
+            train on unequal shares and DDP's gradient average would no longer be the global batch's).
+    """
+    if workers < 1:
+        raise DDPConfigError(f"workers: must be >= 1, got {workers}")
+    if batch_size % workers:
+        raise DDPConfigError(
+            f"data.batch_size is the global batch and must be divisible by workers: {batch_size} images over "
+            f"{workers} workers leaves {batch_size % workers} over; use a multiple of {workers}"
+        )
+    return batch_size // workers
+
+
+class ShardedBatchSampler:
+    """This worker's slice of every batch a batch sampler yields.
+
+    Batch ``b`` of the wrapped sampler (a global batch) is cut into ``world_size`` contiguous slices as
+    even as possible and worker ``rank`` gets slice ``rank``. A global batch smaller than ``world_size``
+    would leave some workers empty: with ``equal_steps`` (training, where DDP needs every worker to step
+    together) the batch is dropped on every worker; without it (evaluation) only the empty slices are skipped,
+    so the workers together still see every image exactly once.
+    """
+
+    def __init__(self, batch_sampler: Any, *, rank: int, world_size: int, equal_steps: bool) -> None:
+        if not 0 <= rank < world_size:
+            raise DDPConfigError(f"rank: must be in [0, {world_size}), got {rank}")
+        self.batch_sampler = batch_sampler
+        self.rank, self.world_size, self.equal_steps = rank, world_size, equal_steps
+
+    def _slice(self, batch: list[int]) -> list[int]:
+        n = len(batch)
+        return batch[self.rank * n // self.world_size : (self.rank + 1) * n // self.world_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batch_sampler:
+            batch = list(batch)
+            if len(batch) < self.world_size and self.equal_steps:
+                continue
+            part = self._slice(batch)
+            if part:
+                yield part
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
+def shard_loader(loader: DataLoader, *, rank: int, world_size: int) -> DataLoader:
+    """A loader over this worker's slices of ``loader``'s batches (see :class:`ShardedBatchSampler`).
+
+    The new loader draws from ``loader``'s own generator, in the same order as iterating ``loader`` would,
+    so the global batches are exactly the single-process ones for the same ``(seed, epoch)``. Shuffled
+    loaders (a ``RandomSampler``: training) keep every worker at the same number of steps.
+    """
+    if world_size == 1:
+        return loader
+    sampler = ShardedBatchSampler(loader.batch_sampler, rank=rank, world_size=world_size,
+                                  equal_steps=isinstance(loader.sampler, RandomSampler))  # fmt: skip
+    return DataLoader(
+        loader.dataset, batch_sampler=sampler, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+        generator=loader.generator, persistent_workers=loader.persistent_workers,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Synchronized batch norm on any device
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the process group, differentiable: the gradient of a sum is the summed gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group = group
+        out = tensor.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class DistributedBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics are those of the global batch, on CPU (gloo) as on GPU.
+
+    ``torch.nn.SyncBatchNorm`` refuses CPU tensors ("expected input tensor to be on GPU"); this module sums
+    per-channel moments with a differentiable all-reduce (two passes:
+    the mean, then the centred squares, as numerically stable as one process's batch norm). Gradients flow
+    through the reduction, so the DDP gradient is the single-process gradient of the global batch. Without
+    an initialized process group of two or more, and in eval mode, it is plain batch norm.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, process_group: Any = None) -> None:  # fmt: skip
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"DistributedBatchNorm: expected at least 2-D input, got {input.dim()}-D")
+
+    def _world(self) -> int:
+        if not (dist.is_available() and dist.is_initialized()):
+            return 1
+        return dist.get_world_size(self.process_group or dist.group.WORLD)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training or self._world() < 2:
+            return super().forward(input)
+        self._check_input_dim(input)
+        group = self.process_group or dist.group.WORLD
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        dims = [0, *range(2, input.dim())]
+        shape = [1, -1] + [1] * (input.dim() - 2)
+        count = input.new_tensor([input.numel() // input.shape[1]])
+        sums = _AllReduceSum.apply(torch.cat([input.sum(dims), count]), group)
+        n = sums[-1]
+        mean = sums[:-1] / n
+        centred = input - mean.view(shape)
+        var = _AllReduceSum.apply(centred.pow(2).sum(dims), group) / n
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                total = float(n)
+                unbiased = var.detach() * (total / max(total - 1.0, 1.0))
+                self.running_mean.mul_(1.0 - factor).add_(mean.detach(), alpha=factor)
+                self.running_var.mul_(1.0 - factor).add_(unbiased, alpha=factor)
+        return out
+
+
+def convert_sync_batchnorm(module: nn.Module, *, device: torch.device) -> nn.Module:
+    """Makes every batch norm of ``module`` synchronized across the DDP workers (in place where possible).
+
+    CUDA uses ``torch.nn.SyncBatchNorm``; other devices :class:`DistributedBatchNorm`. Parameters and buffers
+    are shared with the old layers, so optimizers built on ``module.parameters()`` stay valid and the state
+    dict keeps its keys (a checkpoint loads into the plain network).
+
+    Returns:
+        ``module`` itself, or a new layer when ``module`` is a batch norm.
+    """
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, DistributedBatchNorm):
+        new = DistributedBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                   module.track_running_stats)  # fmt: skip
+        if module.affine:
+            new.weight, new.bias = module.weight, module.bias
+        new.running_mean, new.running_var = module.running_mean, module.running_var
+        new.num_batches_tracked = module.num_batches_tracked
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        replaced = convert_sync_batchnorm(child, device=device)
+        if replaced is not child:
+            module.add_module(name, replaced)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The per-worker loop (runs in Ray Train workers)
+
+
+def _collective_device(device: torch.device) -> torch.device:
+    # NCCL reduces CUDA tensors only; gloo reduces CPU tensors.
+    return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _restore_train_checkpoint(workdir: Path) -> int:
+    """Copies Ray Train's latest checkpoint into the (empty) worker folder; returns its epoch (0: none)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        files = sorted(Path(folder).glob("epoch_*.pt"))
+        if not files:
+            return 0
+        (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(files[-1], workdir / "checkpoints" / files[-1].name)
+        if (Path(folder) / "best.pt").exists():
+            shutil.copy2(Path(folder) / "best.pt", workdir / "best.pt")
+        return int(files[-1].stem.split("_")[-1])
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    """One DDP worker: ``run_retrain`` with DDP hooks; rank 0 returns the summary."""
+    import ray.train
+    import ray.train.torch
+
+    from trainers.config import config_from_dict
+    from trainers.engine import Hooks
+    from trainers.retrain import run_retrain
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    config = config_from_dict(loop_config["config"])
+    device = ray.train.torch.get_device()
+    queue = loop_config["queue"]
+    step_log = Path(loop_config["step_loss_log"]) if loop_config.get("step_loss_log") else None
+    fault = loop_config.get("fault")
+    reduce_device = _collective_device(device)
+    # A fresh folder per start: a file rank 0 wrote after Ray's last checkpoint (killed between writing and
+    # reporting) must not make it resume from a later epoch than the other ranks.
+    workdir = Path(tempfile.mkdtemp(prefix=f"nas-ddp-r{rank}-"))
+    try:
+        start = _restore_train_checkpoint(workdir)
+        if rank == 0:
+            queue.put({"start": start})
+
+        def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+            reduced = tensor.to(reduce_device)
+            dist.all_reduce(reduced)
+            return reduced.to(tensor.device)
+
+        def wrap_model(model: nn.Module) -> nn.Module:
+            if loop_config["sync_batchnorm"]:
+                model = convert_sync_batchnorm(model, device=device)
+            unused = bool(config.auxiliary) and config.aux_weight == 0  # the aux head would get no gradient
+            return ray.train.torch.prepare_model(
+                model, parallel_strategy_kwargs={"find_unused_parameters": unused})  # fmt: skip
+
+        def report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
+            scalars = _scalar_metrics(metrics)
+            if rank == 0 and checkpoint is not None:
+                with tempfile.TemporaryDirectory(prefix="nas-ddp-ckpt-") as staging:
+                    shutil.copy2(checkpoint, Path(staging) / checkpoint.name)
+                    if (workdir / "best.pt").exists():
+                        shutil.copy2(workdir / "best.pt", Path(staging) / "best.pt")
+                    ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(staging))
+            else:
+                ray.train.report(scalars, checkpoint=None)  # a barrier: every rank calls it
+            if rank == 0:
+                # Ray Train registers a reported checkpoint asynchronously: a worker lost right after the
+                # report could restart the group from the one before. Waiting for the commit makes every
+                # epoch the driver hears resumable, so a restart never trains (or reports) an epoch twice.
+                ray.train.get_all_reported_checkpoints(
+                    consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)  # fmt: skip
+                queue.put({"epoch": int(metrics["epoch"]), "metrics": metrics})
+
+        def step_end(epoch: int, step: int, loss: float, n: int) -> None:
+            if step_log is not None:  # the loss of the whole global batch, as one process would see it
+                total = all_reduce_sum(torch.tensor([loss * n, float(n)], dtype=torch.float64))
+                if rank == 0:
+                    line = {"epoch": epoch, "step": step, "loss": float(total[0] / total[1])}
+                    with step_log.open("a") as out:
+                        out.write(json.dumps(line) + "\n")
+            if fault and fault["rank"] == rank and fault["epoch"] == epoch and fault["step"] == step:
+                marker = Path(fault["marker"])
+                if not marker.exists():
+                    marker.write_text(f"worker {rank} killed after epoch {epoch} step {step}\n")
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        hooks = Hooks(
+            report=report,
+            wrap_model=wrap_model,
+            wrap_loader=lambda loader: shard_loader(loader, rank=rank, world_size=world),
+            all_reduce_sum=all_reduce_sum,
+            is_writer=rank == 0,
+            log=(lambda line: queue.put({"log": line})) if rank == 0 else (lambda line: None),
+            step_end=step_end,
+        )
+        summary = run_retrain(config, workdir=workdir, device=device, hooks=hooks)
+        return summary if rank == 0 else None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The driver
+
+
+def ddp_run_name(trial_id: str, config: Any) -> str:
+    """A deterministic Ray Train run name: the same trial and config always continue the same run."""
+    from trainers.config import config_to_dict
+
+    digest = hashlib.sha256(json.dumps(config_to_dict(config), sort_keys=True).encode()).hexdigest()[:10]
+    return f"ddp-{trial_id}-{digest}"
+
+
+def _finished_summary(config: Any, workdir: Path) -> dict[str, Any] | None:
+    """The summary of a run whose final epoch checkpoint is already in ``workdir`` (else None)."""
+    from search_spaces.networks import count_parameters
+    from trainers.checkpoints import latest_checkpoint, load_checkpoint
+    from trainers.config import config_to_dict
+    from trainers.retrain import build_model, summarize_retrain
+
+    latest = latest_checkpoint(workdir / "checkpoints")
+    if latest is None:
+        return None
+    state = load_checkpoint(latest)
+    same = json.dumps(state["config"], sort_keys=True) == json.dumps(config_to_dict(config), sort_keys=True)
+    if not same or int(state["epoch"]) != config.epochs:
+        return None
+    return summarize_retrain(json.loads(state["history"]), config, state["spec"],
+                             count_parameters(build_model(state["spec"])))  # fmt: skip
+
+
+def _copy_result_checkpoint(checkpoint: Any, workdir: Path) -> None:
+    """Puts the final epoch file and ``best.pt`` into ``workdir``, laid out as a single-process run."""
+    with checkpoint.as_directory() as folder:
+        files = sorted(Path(folder).glob("epoch_*.pt"))
+        if files:
+            (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            tmp = workdir / "checkpoints" / f".{files[-1].name}.tmp"
+            shutil.copy2(files[-1], tmp)
+            os.replace(tmp, workdir / "checkpoints" / files[-1].name)
+        if (Path(folder) / "best.pt").exists():
+            shutil.copy2(Path(folder) / "best.pt", workdir / "best.pt")
+
+
+def run_ddp_retrain(
+    config: Any,
+    *,
+    workdir: str | Path,
+    workers: int,
+    run_name: str,
+    storage_path: str,
+    resources_per_worker: dict[str, float] | None = None,
+    retries: int = 1,
+    sync_batchnorm: bool = True,
+    report: Callable[[dict[str, Any], Path | None], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    step_loss_log: str | Path | None = None,
+) -> dict[str, Any]:
+    """Retrains ``config`` (a ``RetrainConfig``) with DDP over ``workers`` Ray Train workers.
+
+    Call it where Ray is initialized (a Tune trial, or a driver after ``ray.init``). One worker runs
+    :func:`trainers.retrain.run_retrain` in this process (no Ray Train start-up, ~35 s on 2 cores).
+
+    Args:
+        config: the retraining config; ``config.data.batch_size`` is the global batch, split evenly.
+        workdir: the trial's folder; gets ``checkpoints/epoch_XXXX.pt`` (final epoch) and ``best.pt`` as a
+            single-process run leaves them. A final checkpoint already there means the run is done: its
+            summary is returned without starting Ray Train.
+        workers: DDP workers (``ScalingConfig.num_workers``).
+        run_name, storage_path: Ray Train's ``RunConfig(name, storage_path)``; the same pair continues the
+            same run from its last checkpoint. ``storage_path`` is absolute or a URI every node reaches.
+        resources_per_worker: e.g. ``{"CPU": 1}`` or ``{"CPU": 4, "GPU": 1}``; a GPU selects NCCL, else gloo.
+        retries: restarts of the worker group from the last checkpoint after a lost worker
+            (``FailureConfig(max_failures)``).
+        sync_batchnorm: synchronize batch norm statistics across workers (the single-process statistics
+            of the global batch).
+        report: called in this process once per finished epoch, in order, as ``report(metrics, None)``
+            (Ray Train keeps the checkpoints).
+        log: progress lines from rank 0.
+        step_loss_log: a JSON-lines file where rank 0 appends the global batch's loss of every step
+            (``{"epoch", "step", "loss"}``); costs one extra all-reduce per step.
+
+    Returns:
+        ``run_retrain``'s summary, plus ``"ddp"``: workers, run name, and ``starts`` (the epoch each start
+        of the worker group resumed from, e.g. ``[0, 2]`` after a worker was lost in epoch 3).
+
+    Raises:
+        DDPConfigError: the global batch does not split evenly over ``workers``.
+        ray.train.TrainingFailedError: the workers failed more than ``retries`` times.
+    """
+    from trainers.config import config_to_dict
+    from trainers.engine import Hooks
+    from trainers.retrain import run_retrain
+
+    per_worker_batch_size(config.data.batch_size, workers)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    report = report or (lambda metrics, checkpoint: None)
+    log = log or (lambda line: None)
+    resources = dict(resources_per_worker or {"CPU": 1})
+    ddp_info: dict[str, Any] = {"workers": workers, "run_name": run_name, "storage_path": storage_path}
+    finished = _finished_summary(config, workdir)
+    if finished is not None:
+        return {**finished, "ddp": {**ddp_info, "starts": []}}
+    if workers == 1:
+        summary = run_retrain(config, workdir=workdir, hooks=Hooks(report=report, log=log))
+        return {**summary, "ddp": {**ddp_info, "starts": []}}
+
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.queue import Empty, Queue
+
+    use_gpu = float(resources.get("GPU", 0)) > 0
+    fault_raw = os.environ.get(WORKER_FAULT_ENV)
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = TorchTrainer(
+        _train_loop_per_worker,
+        train_loop_config={
+            "config": config_to_dict(config), "queue": queue, "sync_batchnorm": sync_batchnorm,
+            "step_loss_log": str(step_loss_log) if step_loss_log else None,
+            "fault": json.loads(fault_raw) if fault_raw else None,
+        },
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(name=run_name, storage_path=storage_path,
+                                       failure_config=ray.train.FailureConfig(max_failures=retries),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
+    )  # fmt: skip
+
+    # fit() blocks; it runs in a thread so that this thread (the Tune trial's, where tune.report works)
+    # hands each epoch to `report` as rank 0 finishes it.
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as err:  # re-raised below, in the caller's thread
+            outcome["error"] = err
+
+    started = time.perf_counter()
+    thread = threading.Thread(target=fit, name=f"ddp-fit-{run_name}", daemon=True)
+    thread.start()
+    starts: list[int] = []
+    reported: set[int] = set()
+
+    def handle(message: dict[str, Any]) -> None:
+        if "start" in message:
+            starts.append(int(message["start"]))
+        elif "log" in message:
+            log(message["log"])
+        elif message["epoch"] not in reported:
+            reported.add(message["epoch"])
+            report(message["metrics"], None)
+
+    try:
+        while thread.is_alive():
+            try:
+                handle(queue.get(timeout=0.5))
+            except Empty:
+                pass
+        thread.join()
+        for message in queue.get_nowait_batch(queue.qsize()):
+            handle(message)
+    finally:
+        queue.shutdown()
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    if result.checkpoint is not None:
+        _copy_result_checkpoint(result.checkpoint, workdir)
+    summary = result.return_value or _finished_summary(config, workdir)
+    if summary is None:
+        raise RuntimeError(f"Ray Train run {run_name!r} ended without a summary or a final checkpoint")
+    # Epochs Ray finished but whose message was lost with a killed rank 0: hand them over now, in order.
+    first = starts[0] if starts else 0
+    for metrics in summary["history"]:
+        if metrics["epoch"] > first and metrics["epoch"] not in reported:
+            reported.add(metrics["epoch"])
+            report(metrics, None)
+    ddp_info.update(starts=starts, fit_seconds=time.perf_counter() - started)
+    return {**summary, "ddp": ddp_info}
