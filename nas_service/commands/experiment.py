@@ -37,12 +37,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_report)
 
 
+SPEC_ENV = "NAS_SERVICE_SPEC"  # `run env:NAS_SERVICE_SPEC`: the spec's YAML text travels in the job's environment
+SPEC_BASE_ENV = "NAS_SERVICE_SPEC_BASE"  # ...and the folder its relative paths resolve against
+
+
 def _load(spec_path: str, storage: str | None):
+    import os
     from pathlib import Path
 
     from nas_service.spec import load_spec
 
-    spec = load_spec(spec_path)
+    if spec_path.startswith("env:"):
+        name = spec_path[4:]
+        if name not in os.environ:
+            raise ValueError(f"spec: environment variable {name!r} (from {spec_path!r}) is not set")
+        spec = load_spec(os.environ[name], base_dir=os.environ.get(SPEC_BASE_ENV) or None)
+    else:
+        spec = load_spec(spec_path)
     if storage:
         resolved = storage if "://" in storage else str(Path(storage).resolve())
         spec = spec.model_copy(update={"storage": resolved})

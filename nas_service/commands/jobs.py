@@ -46,21 +46,21 @@ def check_storage_for_cluster(storage: str, address: str, shared: bool) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from nas_service.commands.experiment import _load
+    from nas_service.commands.experiment import SPEC_BASE_ENV, SPEC_ENV, _load
     from nas_service.ray_runtime.jobs import jobs_client, submit_experiment
 
     spec = _load(args.spec, args.storage)  # invalid specs fail here, before anything is sent
     check_storage_for_cluster(spec.storage, args.address, args.shared_storage)
     project = Path(__file__).resolve().parents[2]
-    spec_path = Path(args.spec).resolve()
-    try:
-        relative = spec_path.relative_to(project)
-    except ValueError:
-        raise ValueError(f"spec: {args.spec} must be inside the project ({project}) to travel with the job") from None
-    entrypoint = f"python -m nas_service.cli run {shlex.quote(str(relative))} --address auto " \
-                 f"--storage {shlex.quote(spec.storage)}"  # fmt: skip
+    spec_file = Path(args.spec).resolve()
+    # The job runs the same `run` command (so a resubmitted job resumes); the spec text travels in its
+    # environment, the project in its working directory.
+    entrypoint = f"python -m nas_service.cli run env:{SPEC_ENV} --address auto --storage {shlex.quote(spec.storage)}"
     client = jobs_client(args.address, token=args.token)
-    result = submit_experiment(client, experiment=spec.name, entrypoint=entrypoint, working_dir=str(project))
+    result = submit_experiment(
+        client, experiment=spec.name, entrypoint=entrypoint, working_dir=str(project),
+        env_vars={SPEC_ENV: spec_file.read_text(), SPEC_BASE_ENV: str(spec_file.parent)},
+    )  # fmt: skip
     if result.started:
         print(f"submitted {result.submission_id}: {entrypoint}")
     else:

@@ -1,0 +1,108 @@
+"""Experiments submitted through the Ray Jobs API to a real local cluster (a head and a worker node,
+token authentication on): the results land in Parquet, and resubmitting does not rerun finished trials."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nas_service.results import ResultsStore
+
+pytestmark = [pytest.mark.ray, pytest.mark.integration, pytest.mark.timeout(600)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_cluster_module():
+    spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "cluster" / "local_cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("local_cluster", module)
+    spec.loader.exec_module(module)
+    return sys.modules["local_cluster"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SPEC = """\
+name: jobs_tiny
+storage: {storage}
+data: {{dataset: digits}}
+resources: {{cpu: 1, gpu: 0}}
+stages:
+  - name: search
+    kind: cell_search
+    recipe: digits_search
+    overrides:
+      space: darts
+      epochs: 1
+      init_channels: 4
+      layers: 3
+      max_steps_per_epoch: 2
+      schedule: {{warmup_epochs: 0}}
+    seeds: [0, 1]
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    lc = _load_cluster_module()
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+            mp.delenv(name, raising=False)
+        c = lc.LocalCluster(state_dir=tmp_path_factory.mktemp("cluster"), workers=1, head_cpus=1, worker_cpus=2,
+                            dashboard_port=_free_port(), token=True)  # fmt: skip
+        c.start()
+        try:
+            yield c
+        finally:
+            c.stop()
+
+
+def _cli(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, **cluster.client_env(), "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run([sys.executable, "-m", "nas_service.cli", *args], env=env, capture_output=True,
+                          text=True, check=check, timeout=500)  # fmt: skip
+
+
+def test_submitted_spec_completes_and_resubmission_reruns_nothing(cluster, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.format(storage=tmp_path / "runs"))
+    first = _cli(cluster, "submit", str(spec), "--address", cluster.dashboard_url, "--wait")
+    assert "submitted nas-jobs_tiny-1" in first.stdout and "SUCCEEDED" in first.stdout, first.stdout + first.stderr
+    store = ResultsStore(str(tmp_path / "runs"), "jobs_tiny")
+    assert len(store.trials()) == 2 and set(store.trials()["status"]) == {"finished"}
+    parts = sorted(p.name for p in (tmp_path / "runs" / "jobs_tiny" / "results").rglob("*.parquet"))
+
+    second = _cli(cluster, "submit", str(spec), "--address", cluster.dashboard_url, "--wait")
+    assert "submitted nas-jobs_tiny-2" in second.stdout and "SUCCEEDED" in second.stdout, second.stdout
+    assert sorted(p.name for p in (tmp_path / "runs" / "jobs_tiny" / "results").rglob("*.parquet")) == parts
+
+    listing = _cli(cluster, "jobs", "list", "--address", cluster.dashboard_url).stdout
+    assert "nas-jobs_tiny-1" in listing and "nas-jobs_tiny-2" in listing
+    logs = _cli(cluster, "jobs", "logs", "nas-jobs_tiny-2", "--address", cluster.dashboard_url).stdout
+    assert "2 trials, 2 done" in logs
+    # status and results read the same storage from the client side.
+    table = json.loads(_cli(cluster, "results", str(tmp_path / "runs" / "jobs_tiny"), "--format", "json").stdout)
+    assert len(table) == 2
+
+
+def test_local_storage_is_refused_for_a_remote_cluster(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.format(storage=tmp_path / "runs"))
+    result = subprocess.run([sys.executable, "-m", "nas_service.cli", "submit", str(spec), "--address",
+                             "http://10.1.2.3:8265"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert "storage" in result.stderr and "--shared-storage" in result.stderr
