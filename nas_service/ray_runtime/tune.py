@@ -299,6 +299,17 @@ class _Progress:
         return Progress()
 
 
+def _run_config(name: str, storage_path: str, retries: int, progress: Any) -> Any:
+    """Every stage's Tune run: quiet (our own per-epoch lines), retried from checkpoints, one kept."""
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name, storage_path=storage_path, verbose=0, callbacks=[progress],
+        failure_config=tune.FailureConfig(max_failures=retries),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+    )  # fmt: skip
+
+
 def _fit(path: str, make_tuner: Callable[[], Any], trainable: Any) -> Any:
     from ray import tune
 
@@ -385,12 +396,7 @@ def run_trials(
             param_space={"trial_id": tune.grid_search(todo)},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
                                         scheduler=_asha(asha, epochs)),  # fmt: skip
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage_path, verbose=0,
-                callbacks=[_Progress.make(payload_of, on_epoch, on_error)],
-                failure_config=tune.FailureConfig(max_failures=retries),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            ),
+            run_config=_run_config(name, storage_path, retries, _Progress.make(payload_of, on_epoch, on_error)),
         )  # fmt: skip
 
     grid = _fit(f"{storage_path}/{name}", make_tuner, trainable)
@@ -456,12 +462,7 @@ def run_optuna_trials(
                 num_samples=optuna_plan.trials, max_concurrent_trials=max_concurrent,
                 scheduler=_asha(asha, int(optuna_plan.base_config.get("epochs", 1))),
             ),
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage_path, verbose=0,
-                callbacks=[_Progress.make(payload_of, on_epoch, on_error)],
-                failure_config=tune.FailureConfig(max_failures=retries),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            ),
+            run_config=_run_config(name, storage_path, retries, _Progress.make(payload_of, on_epoch, on_error)),
         )  # fmt: skip
 
     grid = _fit(f"{storage_path}/{name}", make_tuner, trainable)
