@@ -28,6 +28,7 @@ __all__ = [
     "parse_cell",
     "parse_genotype",
     "resolve_genotype",
+    "default_op_set",
 ]
 
 Edge = tuple[str, int]
@@ -361,6 +362,13 @@ def get_published(name: str) -> PublishedGenotype:
 
 def list_published() -> list[str]:
     return PUBLISHED_GENOTYPES.names()
+
+
+def default_op_set(name_or_json: object) -> str:
+    """The op set a genotype builds with when none is given: a published genotype's own, else ``sharp``."""
+    if isinstance(name_or_json, str) and name_or_json.strip() in PUBLISHED_GENOTYPES:
+        return get_published(name_or_json.strip()).op_set
+    return "sharp"
 
 
 def resolve_genotype(name_or_json: str | dict[str, Any] | Genotype) -> Genotype:

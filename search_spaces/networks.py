@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .genotypes import Edge, Genotype, get_published, resolve_genotype
+from .genotypes import Edge, Genotype, default_op_set, resolve_genotype
 from .ops import FactorizedReduce, Identity, ReLUConvBN, build_op
 from .registry import Registry
 
@@ -510,13 +510,8 @@ def build_network(
         ValueError: a size argument is not a positive integer.
     """
     spec = get_network_kind(kind)
-    if isinstance(genotype, str) and op_set is None and not genotype.strip().startswith("{"):
-        try:
-            op_set = get_published(genotype.strip()).op_set
-        except KeyError:
-            pass  # not a published name: a JSON path, resolved below
     geno = resolve_genotype(genotype)
-    op_set = op_set if op_set is not None else "sharp"
+    op_set = op_set if op_set is not None else default_op_set(genotype)
     geno.validate(op_set)
     kwargs: dict[str, Any] = dict(
         C=spec.C if C is None else C,

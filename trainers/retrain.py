@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search_spaces.genotypes import get_published, resolve_genotype
+from search_spaces.genotypes import default_op_set, resolve_genotype
 from search_spaces.hypercuboid import build_path_network
 from search_spaces.networks import build_network, count_parameters
 from search_spaces.paths import resolve_path
@@ -45,10 +45,7 @@ def model_spec(config: RetrainConfig, info: DatasetInfo) -> dict[str, Any]:
     if config.path is not None:
         return {"model": "path", "path": resolve_path(config.path).to_dict(), **common}
     genotype = resolve_genotype(config.genotype)
-    op_set = config.op_set
-    if op_set is None:
-        name = config.genotype.strip() if isinstance(config.genotype, str) else ""
-        op_set = get_published(name).op_set if not name.startswith("{") and _is_published(name) else "sharp"
+    op_set = config.op_set if config.op_set is not None else default_op_set(config.genotype)
     return {
         "model": config.network,
         "genotype": genotype.to_dict(),
@@ -59,12 +56,6 @@ def model_spec(config: RetrainConfig, info: DatasetInfo) -> dict[str, Any]:
         "auxiliary": config.auxiliary,
         **common,
     }
-
-
-def _is_published(name: str) -> bool:
-    from search_spaces.genotypes import PUBLISHED_GENOTYPES
-
-    return name in PUBLISHED_GENOTYPES
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
