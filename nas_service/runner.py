@@ -18,7 +18,7 @@ from .results import ResultsStore
 from .spec import ExperimentSpec
 from .trial_runner import record_stopped_early
 
-__all__ = ["RunOutcome", "run_experiment", "upstream_from_store", "EXIT_INTERRUPTED", "EXIT_FAILED"]
+__all__ = ["RunOutcome", "StageScheduling", "stage_scheduling", "run_experiment", "upstream_from_store", "EXIT_INTERRUPTED", "EXIT_FAILED"]
 
 EXIT_INTERRUPTED = 130
 EXIT_FAILED = 1
@@ -71,15 +71,60 @@ def _stage_done_count(store: ResultsStore, stage: str) -> int:
     return int(((frame["stage"] == stage) & frame["status"].isin(["finished", "diverged"])).sum())
 
 
-def trial_payload(trial: Trial) -> Any:
-    """The plain-data form of a planned trial that Ray ships to the Tune trial."""
+def trial_payload(trial: Trial, ddp: dict[str, Any] | None = None) -> Any:
+    """The plain-data form of a planned trial that Ray ships to the Tune trial (``ddp``: see TrialPayload)."""
     from .ray_runtime import TrialPayload
 
     return TrialPayload(
         trial_id=trial.trial_id, stage=trial.stage, kind=trial.kind, config=trial.config, seed=trial.seed,
         arm=trial.arm.arm_id, arm_label=trial.arm.label, lineage_trial_id=trial.lineage.parent,
-        lineage_stage=trial.lineage.parent_stage, lineage_source=trial.lineage.source,
+        lineage_stage=trial.lineage.parent_stage, lineage_source=trial.lineage.source, ddp=ddp,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StageScheduling:
+    """How one stage's trials use the cluster.
+
+    Attributes:
+        per_trial: what each Tune trial holds (``{"cpu", "gpu"}``).
+        concurrency: trials at once.
+        ddp: the DDP settings each trial's payload carries (None: trials train in-process).
+        note: a line for the user (how many at once and why), or a warning.
+    """
+
+    per_trial: dict[str, float]
+    concurrency: int
+    ddp: dict[str, Any] | None = None
+    note: str = ""
+
+
+def stage_scheduling(spec: ExperimentSpec, stage: Any, cluster: dict[str, float]) -> StageScheduling:
+    """Per-trial resources and concurrency of ``stage`` on a cluster with ``cluster`` resources.
+
+    A DDP retrain trial (``workers`` >= 2) holds a sliver of a CPU for its driver while its workers hold
+    the rest (:func:`~nas_service.ray_runtime.train.ddp_trial_resources`); concurrency counts the workers,
+    so the service never starts more DDP trials than the cluster can give workers to (drivers holding
+    every CPU while their workers wait would never finish).
+    """
+    cpus, gpus = cluster.get("CPU", 1), cluster.get("GPU", 0)
+    workers = getattr(stage, "workers", 1)
+    if stage.kind != "retrain" or workers < 2:
+        per_trial = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+        return StageScheduling(per_trial, max_concurrent_trials(per_trial, cpus, gpus))
+    from .ray_runtime.train import ddp_trial_resources
+
+    asked = {"CPU": stage.resources_per_worker.cpu, "GPU": stage.resources_per_worker.gpu}
+    driver, _ = ddp_trial_resources(workers, asked)
+    whole = {"cpu": workers * asked["CPU"], "gpu": workers * asked["GPU"]}
+    concurrency = max_concurrent_trials(whole, cpus, gpus)
+    note = (f"DDP over {workers} workers of {asked['CPU']:g} CPU, {asked['GPU']:g} GPU each; "
+            f"up to {concurrency} trial(s) at once")  # fmt: skip
+    if whole["cpu"] > cpus + 1e-9 or whole["gpu"] > gpus + 1e-9:
+        note += (f"; WARNING: one trial needs {whole['cpu']:g} CPUs and {whole['gpu']:g} GPUs, the cluster has "
+                 f"{cpus:g} and {gpus:g}: its workers wait until nodes with room join")  # fmt: skip
+    ddp = {"workers": workers, "resources_per_worker": asked, "retries": stage.worker_retries}
+    return StageScheduling({"cpu": driver["cpu"], "gpu": 0.0}, concurrency, ddp, note)
 
 
 def _epoch_line(payload: Any, result: dict[str, Any]) -> str:
@@ -103,7 +148,8 @@ def run_experiment(
     from .evaluation import run_evaluate_stage
 
     store = ResultsStore(spec.storage, spec.name)
-    resources = ray_runtime.start_ray(address, num_cpus=num_cpus)
+    ddp_stages = any(getattr(stage, "workers", 1) > 1 for stage in spec.stages)
+    resources = ray_runtime.start_ray(address, num_cpus=num_cpus, dashboard=ddp_stages)
     per_trial = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     concurrency = max_concurrent_trials(per_trial, resources.get("CPU", 1), resources.get("GPU", 0))
     out(f"experiment {spec.name}: storage {spec.storage}; Ray has {resources.get('CPU', 0):g} CPUs, "
@@ -129,9 +175,12 @@ def run_experiment(
             a = stage_plan.asha
             asha = {"metric": a.metric, "mode": a.mode, "grace_period": a.grace_period,
                     "reduction_factor": a.reduction_factor}  # fmt: skip
+        scheduling = stage_scheduling(spec, stage, resources)
+        if scheduling.note:
+            out(f"[{stage.name}] {scheduling.note}")
         common = dict(
-            storage=spec.storage, experiment=spec.name, stage=stage.name, resources=per_trial,
-            retries=spec.retries, max_concurrent=concurrency, asha=asha,
+            storage=spec.storage, experiment=spec.name, stage=stage.name, resources=scheduling.per_trial,
+            retries=spec.retries, max_concurrent=scheduling.concurrency, asha=asha,
             on_epoch=lambda p, r: out(_epoch_line(p, r)),
             on_error=lambda p, e: out(f"[{p.stage}] {p.trial_id} failed; retrying from its checkpoint if allowed"),
         )  # fmt: skip
@@ -142,7 +191,8 @@ def run_experiment(
             )  # fmt: skip
         else:
             result = ray_runtime.run_trials(
-                payloads=[trial_payload(t) for t in trials], is_done=store.finished_trial_ids, **common
+                payloads=[trial_payload(t, scheduling.ddp) for t in trials], is_done=store.finished_trial_ids,
+                **common,
             )  # fmt: skip
         for payload in result.stopped_early.values():
             if record_stopped_early(store, payload):

@@ -417,12 +417,25 @@ _Candidate = Annotated[
 
 
 class RetrainStage(_TrainStageBase):
-    """Trains genotypes or paths from scratch: those an earlier stage chose, published or inline ones."""
+    """Trains genotypes or paths from scratch: those an earlier stage chose, published or inline ones.
+
+    With ``workers`` >= 2 each trial is a DDP run on Ray Train: its Tune trial drives ``workers`` workers
+    holding ``resources_per_worker`` each, and ``data.batch_size`` is the global batch they split.
+    """
 
     kind: Literal["retrain"]
     from_: FromRef | None = Field(None, alias="from")
     genotypes: list[_GenotypeRef] = Field(default_factory=list, description="published names or inline")
     paths: list[_PathRef] = Field(default_factory=list, description="published path names or inline paths")
+    workers: PositiveInt = Field(
+        1, description="DDP workers per trial (Ray Train); 1 trains in the trial's own process"
+    )  # fmt: skip
+    resources_per_worker: Resources = Field(
+        default_factory=Resources, description="what each DDP worker holds (with workers >= 2)"
+    )  # fmt: skip
+    worker_retries: StrictInt = Field(
+        2, ge=0, description="restarts of a DDP worker group from its last checkpoint after a lost worker or node"
+    )  # fmt: skip
 
 
 class GridStage(_TrainStageBase):
@@ -805,7 +818,26 @@ def _check_stage(spec: ExperimentSpec, i: int, stage: Any, index: dict[str, int]
                                    f"(the recipe's default is {default!r})", _show(stage.name)))  # fmt: skip
     if stage.kind == "grid":
         issues.extend(_check_grid(stage, where, config))
+    if stage.kind == "retrain" and stage.workers > 1 and config is not None:
+        issues.extend(_check_workers(stage, where, config))
     return issues
+
+
+def _check_workers(stage: RetrainStage, where: str, config: TrainConfig) -> list[Issue]:
+    """The global batch of every sweep point must split evenly over the stage's DDP workers."""
+    issues: list[Issue] = []
+    for point in sweep_points(stage):
+        try:
+            batch = with_overrides(config, nest_dotted(point)).data.batch_size
+        except ConfigError:
+            continue  # reported by _sweep_issues
+        if batch % stage.workers:
+            swept = "data.batch_size" in point
+            rule = (f"data.batch_size is the global batch and must split evenly over the {stage.workers} workers "
+                    f"(a multiple of {stage.workers})")  # fmt: skip
+            issues.append(Issue(f"{where}.sweep.data.batch_size" if swept else f"{where}.workers", rule,
+                                f"data.batch_size {batch} over workers {stage.workers}"))  # fmt: skip
+    return list(dict.fromkeys(issues))
 
 
 def _check_from(spec: ExperimentSpec, i: int, stage: Any, index: dict[str, int], issues: list[Issue]) -> Any:

@@ -40,7 +40,8 @@ def summary_row(trial: Any, summary: dict[str, Any] | None, *, status: str, wall
         "wall_seconds": wall,
         "cpu_seconds": cpu,
         "error": error,
-        "extra": {"arm_label": trial.arm_label, "lineage_source": trial.lineage_source},
+        "extra": {"arm_label": trial.arm_label, "lineage_source": trial.lineage_source,
+                  "workers": int((getattr(trial, "ddp", None) or {}).get("workers", 1))},
     }
     if summary is None:
         return row

@@ -38,7 +38,7 @@ class DivergedError(RuntimeError):
     """
 
     def __init__(self, *, epoch: int, step: int, loss: float, where: str = "training") -> None:
-        self.epoch, self.step, self.loss = epoch, step, loss
+        self.epoch, self.step, self.loss, self.where = epoch, step, loss, where
         super().__init__(f"diverged: {where} loss is {loss} at epoch {epoch}, step {step} (not retried)")
 
 
@@ -192,8 +192,9 @@ def train_one_epoch(
             if aux is not None and aux_weight > 0:
                 loss = loss + aux_weight * criterion(aux, y)
         loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise DivergedError(epoch=epoch, step=step, loss=loss_value)
+        worst = _worst_loss(loss_value, hooks)
+        if not math.isfinite(worst):
+            raise DivergedError(epoch=epoch, step=step, loss=worst)
         if amp:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -213,6 +214,18 @@ def train_one_epoch(
         hooks.step_end(epoch, step, loss_value, n)
     sums = hooks.all_reduce_sum(sums)
     return _stats(sums, time.perf_counter() - start)
+
+
+def _worst_loss(loss_value: float, hooks: Hooks) -> float:
+    """This step's loss if it is finite on every worker, else a non-finite one.
+
+    Under DDP every worker must stop at the same step: one that raised alone would leave the others
+    waiting in the gradient all-reduce. One process needs no exchange.
+    """
+    if hooks.all_reduce_sum is _identity:
+        return loss_value
+    total = float(hooks.all_reduce_sum(torch.tensor([loss_value], dtype=torch.float64))[0])
+    return loss_value if math.isfinite(total) or not math.isfinite(loss_value) else total
 
 
 def _stats(sums: torch.Tensor, seconds: float) -> EpochStats:
@@ -240,7 +253,8 @@ def evaluate(
     criterion = criterion or nn.CrossEntropyLoss()
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)
+    sums = torch.zeros(5, dtype=torch.float64)  # loss*n, top1, top5, n, non-finite batches
+    first_bad: tuple[int, float] | None = None
     start = time.perf_counter()
     for step, batch in enumerate(batches):
         if max_steps is not None and step >= max_steps:
@@ -249,10 +263,16 @@ def evaluate(
         logits, _ = _split_output(model(x))
         loss = float(criterion(logits.float(), y))
         if not math.isfinite(loss):
-            raise DivergedError(epoch=epoch, step=step, loss=loss, where="evaluation")
+            # Raised after the all-reduce below, so that every DDP worker raises, none waits.
+            first_bad = first_bad or (step, loss)
+            sums[4] += 1
+            break
         top1, top5 = _topk_correct(logits.float(), y, (1, 5))
         n = y.shape[0]
-        sums += torch.tensor([loss * n, float(top1), float(top5), n], dtype=torch.float64)
+        sums += torch.tensor([loss * n, float(top1), float(top5), n, 0], dtype=torch.float64)
     model.train(was_training)
     sums = hooks.all_reduce_sum(sums)
+    if sums[4] > 0:
+        step, loss = first_bad or (-1, math.nan)  # -1: the non-finite batch was another worker's
+        raise DivergedError(epoch=epoch, step=step, loss=loss, where="evaluation")
     return _stats(sums, time.perf_counter() - start)

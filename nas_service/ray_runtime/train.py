@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -50,6 +51,8 @@ __all__ = [
     "DistributedBatchNorm",
     "convert_sync_batchnorm",
     "per_worker_batch_size",
+    "DRIVER_CPU_SLIVER",
+    "ddp_trial_resources",
     "ddp_run_name",
     "run_ddp_retrain",
 ]
@@ -62,6 +65,38 @@ WORKER_FAULT_ENV = "NAS_SERVICE_INJECT_WORKER_FAULT"
 
 class DDPConfigError(ValueError):
     """A DDP retraining request that cannot run as asked (names the rule and the value)."""
+
+
+# The CPU share of the process that drives a DDP run (a Tune trial waiting on its workers).
+DRIVER_CPU_SLIVER = 0.01
+_RESOURCE_QUANTUM = 1e-4  # Ray keeps resource amounts to four decimals
+
+
+def ddp_trial_resources(workers: int, per_worker: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """What the driver and each worker of one DDP trial ask Ray for.
+
+    The driver takes :data:`DRIVER_CPU_SLIVER` of a CPU and its workers the rest of what the user asked
+    for, so the trial as a whole holds exactly ``workers * per_worker`` (2 workers of 1 CPU fit a 2-CPU
+    machine; with a sliver on top they would wait forever for 2.01 CPUs). Worker amounts are rounded down
+    to Ray's four decimals. The workers still run as many threads as the CPUs the user asked for
+    (``torch.set_num_threads`` in the worker loop), not the floor of their share.
+
+    Args:
+        workers: DDP workers (>= 1).
+        per_worker: ``{"CPU": c, "GPU": g, ...}`` as the user asked for each worker.
+
+    Returns:
+        ``(driver, worker)``: the driver's Tune resources (``{"cpu": ..}``) and each worker's
+        ``ScalingConfig.resources_per_worker``.
+    """
+    if workers < 1:
+        raise DDPConfigError(f"workers: must be >= 1, got {workers}")
+    worker = {k: float(v) for k, v in per_worker.items() if v}
+    cpu = worker.get("CPU", 0.0)
+    if cpu > DRIVER_CPU_SLIVER / workers:
+        share = cpu - DRIVER_CPU_SLIVER / workers
+        worker["CPU"] = int(share / _RESOURCE_QUANTUM + 1e-9) * _RESOURCE_QUANTUM
+    return {"cpu": DRIVER_CPU_SLIVER}, worker
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -271,13 +306,16 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     """One DDP worker: ``run_retrain`` with DDP hooks; rank 0 returns the summary."""
+    import ray
     import ray.train
     import ray.train.torch
 
     from trainers.config import config_from_dict
-    from trainers.engine import Hooks
+    from trainers.engine import DivergedError, Hooks
     from trainers.retrain import run_retrain
 
+    # Ray Train logs every report and checkpoint at INFO from each worker; our epoch lines say it once.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     config = config_from_dict(loop_config["config"])
@@ -289,10 +327,14 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None
     # A fresh folder per start: a file rank 0 wrote after Ray's last checkpoint (killed between writing and
     # reporting) must not make it resume from a later epoch than the other ranks.
     workdir = Path(tempfile.mkdtemp(prefix=f"nas-ddp-r{rank}-"))
+    if loop_config.get("threads"):
+        # Ray sets OMP_NUM_THREADS to the floor of the worker's CPU share, one short when the driver's
+        # sliver came off it (see ddp_trial_resources).
+        torch.set_num_threads(int(loop_config["threads"]))
     try:
         start = _restore_train_checkpoint(workdir)
         if rank == 0:
-            queue.put({"start": start})
+            queue.put({"start": start, "node": ray.get_runtime_context().get_node_id()})
 
         def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
             reduced = tensor.to(reduce_device)
@@ -346,7 +388,13 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None
             log=(lambda line: queue.put({"log": line})) if rank == 0 else (lambda line: None),
             step_end=step_end,
         )
-        summary = run_retrain(config, workdir=workdir, device=device, hooks=hooks)
+        try:
+            summary = run_retrain(config, workdir=workdir, device=device, hooks=hooks)
+        except DivergedError as err:
+            # Every rank raises at the same step (the engine agrees on it across workers). Ending the run
+            # normally keeps Ray Train from restarting a deterministic failure; the driver raises it.
+            diverged = {"epoch": err.epoch, "step": err.step, "loss": err.loss, "where": err.where}
+            return {"diverged": diverged} if rank == 0 else None
         return summary if rank == 0 else None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -407,6 +455,8 @@ def run_ddp_retrain(
     sync_batchnorm: bool = True,
     report: Callable[[dict[str, Any], Path | None], None] | None = None,
     log: Callable[[str], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    threads: int | None = None,
     step_loss_log: str | Path | None = None,
 ) -> dict[str, Any]:
     """Retrains ``config`` (a ``RetrainConfig``) with DDP over ``workers`` Ray Train workers.
@@ -430,16 +480,21 @@ def run_ddp_retrain(
         report: called in this process once per finished epoch, in order, as ``report(metrics, None)``
             (Ray Train keeps the checkpoints).
         log: progress lines from rank 0.
+        on_start: called in this process with the epoch each start of the worker group resumes from
+            (0: from scratch), before that start reports any epoch.
+        threads: torch threads per worker (default: what Ray's CPU share gives, at least 1).
         step_loss_log: a JSON-lines file where rank 0 appends the global batch's loss of every step
             (``{"epoch", "step", "loss"}``); costs one extra all-reduce per step.
 
     Returns:
-        ``run_retrain``'s summary, plus ``"ddp"``: workers, run name, and ``starts`` (the epoch each start
-        of the worker group resumed from, e.g. ``[0, 2]`` after a worker was lost in epoch 3).
+        ``run_retrain``'s summary, plus ``"ddp"``: workers, run name, ``starts`` (the epoch each start
+        of the worker group resumed from, e.g. ``[0, 2]`` after a worker was lost in epoch 3) and
+        ``nodes`` (the Ray node rank 0 ran on, per start).
 
     Raises:
         DDPConfigError: the global batch does not split evenly over ``workers``.
         ray.train.TrainingFailedError: the workers failed more than ``retries`` times.
+        trainers.engine.DivergedError: the loss became NaN or infinite (on any worker; not retried).
     """
     from trainers.config import config_to_dict
     from trainers.engine import Hooks
@@ -450,14 +505,15 @@ def run_ddp_retrain(
     workdir.mkdir(parents=True, exist_ok=True)
     report = report or (lambda metrics, checkpoint: None)
     log = log or (lambda line: None)
+    on_start = on_start or (lambda epoch: None)
     resources = dict(resources_per_worker or {"CPU": 1})
     ddp_info: dict[str, Any] = {"workers": workers, "run_name": run_name, "storage_path": storage_path}
     finished = _finished_summary(config, workdir)
     if finished is not None:
-        return {**finished, "ddp": {**ddp_info, "starts": []}}
+        return {**finished, "ddp": {**ddp_info, "starts": [], "nodes": []}}
     if workers == 1:
         summary = run_retrain(config, workdir=workdir, hooks=Hooks(report=report, log=log))
-        return {**summary, "ddp": {**ddp_info, "starts": []}}
+        return {**summary, "ddp": {**ddp_info, "starts": [], "nodes": []}}
 
     import ray
     import ray.train
@@ -472,14 +528,16 @@ def run_ddp_retrain(
         train_loop_config={
             "config": config_to_dict(config), "queue": queue, "sync_batchnorm": sync_batchnorm,
             "step_loss_log": str(step_loss_log) if step_loss_log else None,
-            "fault": json.loads(fault_raw) if fault_raw else None,
+            "fault": json.loads(fault_raw) if fault_raw else None, "threads": threads,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=run_name, storage_path=storage_path,
                                        failure_config=ray.train.FailureConfig(max_failures=retries),
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+                                       # Its INFO lines (each report, each checkpoint) repeat our epoch lines.
+                                       logging_config=ray.train.LoggingConfig(log_level="WARNING")),
     )  # fmt: skip
 
     # fit() blocks; it runs in a thread so that this thread (the Tune trial's, where tune.report works)
@@ -496,11 +554,14 @@ def run_ddp_retrain(
     thread = threading.Thread(target=fit, name=f"ddp-fit-{run_name}", daemon=True)
     thread.start()
     starts: list[int] = []
+    nodes: list[str] = []
     reported: set[int] = set()
 
     def handle(message: dict[str, Any]) -> None:
         if "start" in message:
             starts.append(int(message["start"]))
+            nodes.append(str(message.get("node")))
+            on_start(int(message["start"]))
         elif "log" in message:
             log(message["log"])
         elif message["epoch"] not in reported:
@@ -521,6 +582,10 @@ def run_ddp_retrain(
     if "error" in outcome:
         raise outcome["error"]
     result = outcome["result"]
+    if isinstance(result.return_value, dict) and "diverged" in result.return_value:
+        from trainers.engine import DivergedError
+
+        raise DivergedError(**result.return_value["diverged"])
     if result.checkpoint is not None:
         _copy_result_checkpoint(result.checkpoint, workdir)
     summary = result.return_value or _finished_summary(config, workdir)
@@ -532,5 +597,5 @@ def run_ddp_retrain(
         if metrics["epoch"] > first and metrics["epoch"] not in reported:
             reported.add(metrics["epoch"])
             report(metrics, None)
-    ddp_info.update(starts=starts, fit_seconds=time.perf_counter() - started)
+    ddp_info.update(starts=starts, nodes=nodes, fit_seconds=time.perf_counter() - started)
     return {**summary, "ddp": ddp_info}

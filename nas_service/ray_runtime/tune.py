@@ -9,6 +9,7 @@ Layout of one experiment's storage (a local folder or a URI pyarrow understands)
     <storage>/<experiment>/results/          Parquet tables (nas_service.results)
     <storage>/<experiment>/tune/<stage>-<h>/ one Ray Tune experiment per stage and trial set
     <storage>/<experiment>/trials/<id>/      a trial's own checkpoints (local storage only)
+    <storage>/<experiment>/ddp/<run>/         Ray Train's checkpoints of a DDP retrain trial
 
 A trial resumes from the newest checkpoint it can find: its own folder (local storage), or the Tune
 checkpoint Ray hands back after ``Tuner.restore`` / a retry (any storage).
@@ -69,8 +70,14 @@ def configure_environment() -> None:
         os.environ.setdefault(key, value)
 
 
-def start_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> dict:
+def start_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+              dashboard: bool = False) -> dict:  # fmt: skip
     """Starts a local Ray bound to 127.0.0.1, or connects to ``address`` (as ``ray.init`` does).
+
+    Args:
+        dashboard: start the local instance's dashboard (on 127.0.0.1, any free port). Ray Train needs
+            it: its placement-group cleaner asks the State API whether a run's controller still lives
+            (without it, the cleaner warns every second and cannot clean up after a dead driver).
 
     Returns:
         the cluster's resources (``{"CPU": 2.0, ...}``).
@@ -82,9 +89,20 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, num_gp
         if address:
             ray.init(address=address, log_to_driver=True, logging_level="WARNING")
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
-                     log_to_driver=True, logging_level="WARNING")  # fmt: skip
+            options = {"include_dashboard": dashboard}
+            if dashboard:
+                options.update(dashboard_host="127.0.0.1", dashboard_port=_free_port())
+            ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, log_to_driver=True,
+                     logging_level="WARNING", **options)  # fmt: skip
     return cluster_resources()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def cluster_resources() -> dict:
@@ -114,6 +132,9 @@ class TrialPayload:
     lineage_trial_id: str | None
     lineage_stage: str | None
     lineage_source: str
+    # A DDP retrain: {"workers": n, "resources_per_worker": {"CPU": c, "GPU": g}, "retries": r}; None trains
+    # in the Tune trial's own process.
+    ddp: dict[str, Any] | None = None
 
 
 @dataclass
@@ -233,19 +254,61 @@ def _run_payload(trial: TrialPayload, *, storage: str, experiment: str) -> None:
             shutil.rmtree(staging, ignore_errors=True)
         _maybe_inject_fault(trial.trial_id, int(metrics["epoch"]))
 
-    hooks = Hooks(report=report, log=lambda line: None)
+    def restarted_from(epoch: int) -> None:  # a DDP worker group (re)started from this epoch's checkpoint
+        nonlocal attempt
+        attempt = epoch
+
     try:
-        summary = run_training(config, workdir=workdir, hooks=hooks)
+        if trial.ddp is not None:
+            summary = _run_ddp(trial, config, storage=storage, experiment=experiment, workdir=workdir,
+                               report=report, on_start=restarted_from)  # fmt: skip
+        else:
+            summary = run_training(config, workdir=workdir, hooks=Hooks(report=report, log=lambda line: None))
     except DivergedError as err:
         store.write_trial(trial.trial_id, attempt, summary_row(
             trial, None, status="diverged", error=str(err), wall=time.time() - started,
             cpu=time.process_time() - cpu_started))  # fmt: skip
         tune.report({"diverged": 1})
         return
+    _backfill_epochs(store, trial, attempt, summary.get("history") or [])
     store.write_trial(trial.trial_id, attempt, summary_row(
         trial, summary, status="finished", wall=time.time() - started, cpu=time.process_time() - cpu_started))  # fmt: skip
     if not summary.get("history") or summary["epochs_run"] == 0:
         tune.report({"done": 1})
+
+
+def _backfill_epochs(store: Any, trial: TrialPayload, attempt: int, history: list[dict[str, Any]]) -> None:
+    """Writes the epoch rows that a kill left out, before the trial row says the trial is done.
+
+    An epoch is resumable once its checkpoint exists; its row is written after that. A kill in between
+    (of this process, or of a DDP driver whose rank 0 had already committed the epoch) resumes after the
+    epoch without writing its row. The finished run's history has every epoch, so none is lost.
+    """
+    frame = store.epochs(trial_ids=[trial.trial_id])
+    have = set() if frame.empty else {int(e) for e in frame["epoch"]}
+    for metrics in history:
+        if "epoch" in metrics and int(metrics["epoch"]) not in have:
+            store.write_epoch(trial.trial_id, attempt, {"stage": trial.stage, "seed": trial.seed, **metrics})
+
+
+def _run_ddp(trial: TrialPayload, config: Any, *, storage: str, experiment: str, workdir: Path,
+             report: Callable[[dict[str, Any], Path | None], None], on_start: Callable[[int], None]) -> dict[str, Any]:  # fmt: skip
+    """A retrain trial as a DDP run on Ray Train, driven from this Tune trial (see ``train.py``).
+
+    The run's name and storage derive from the trial, so a retried or resumed trial continues the same
+    Ray Train run from its last checkpoint; a lost worker or node restarts the worker group from there.
+    """
+    from .train import ddp_run_name, ddp_trial_resources, run_ddp_retrain
+
+    ddp = trial.ddp or {}
+    workers = int(ddp["workers"])
+    _, per_worker = ddp_trial_resources(workers, ddp["resources_per_worker"])
+    threads = max(1, round(float(ddp["resources_per_worker"].get("CPU", 1))))
+    return run_ddp_retrain(
+        config, workdir=workdir, workers=workers, run_name=ddp_run_name(trial.trial_id, config),
+        storage_path=_storage_under(storage, experiment, "ddp"), resources_per_worker=per_worker,
+        retries=int(ddp["retries"]), report=report, on_start=on_start, threads=threads,
+    )  # fmt: skip
 
 
 def _is_number(value: Any) -> bool:
@@ -261,10 +324,15 @@ def _tune_name(stage: str, trial_ids: list[str]) -> str:
     return f"{stage}-{digest}"
 
 
-def _tune_storage(storage: str, experiment: str) -> str:
+def _storage_under(storage: str, experiment: str, leaf: str) -> str:
+    """``<storage>/<experiment>/<leaf>`` as Ray wants it: a URI, or an absolute local path."""
     if "://" in storage:
-        return f"{storage.rstrip('/')}/{experiment}/tune"
-    return str(Path(storage).resolve() / experiment / "tune")
+        return f"{storage.rstrip('/')}/{experiment}/{leaf}"
+    return str(Path(storage).resolve() / experiment / leaf)
+
+
+def _tune_storage(storage: str, experiment: str) -> str:
+    return _storage_under(storage, experiment, "tune")
 
 
 def _asha(asha: dict[str, Any] | None, epochs: int) -> Any:

@@ -1,9 +1,10 @@
 """DDP retraining on Ray Train (nas_service.ray_runtime.train).
 
-The fast tests need no Ray: global-batch sharding and synchronized batch norm (two gloo processes). The Ray
-tests start one local Ray (2 CPUs, 127.0.0.1, its own HOME and temp folder) for the module and run two
-Ray Train fits (~35-45 s each on 2 cores): DDP against single-process training, and a lost worker (the
-second call, after completion, starts nothing).
+The fast tests need no Ray: global-batch sharding, synchronized batch norm (two gloo processes), and a
+finished run that is not started again. The Ray test starts one local Ray (2 CPUs, 127.0.0.1, its own HOME
+and temp folder) and runs one Ray Train fit (~35-45 s on 2 cores): DDP against single-process training.
+A lost worker is tested through the service (test_ray_experiments.py), a lost node on a local cluster
+(tests/cluster/test_jobs.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from nas_service.ray_runtime.train import (
-    WORKER_FAULT_ENV,
     DDPConfigError,
     DistributedBatchNorm,
     convert_sync_batchnorm,
@@ -245,45 +245,18 @@ def test_ddp_on_two_cpu_workers_matches_single_process_training(ray_session, tmp
     assert (tmp_path / "ddp" / "best.pt").exists() and (tmp_path / "ddp" / "checkpoints" / "epoch_0003.pt").exists()
 
 
-@pytest.fixture(scope="module")
-def lost_worker_run(ray_session, tmp_path_factory):
-    """A 2-worker run whose rank 1 is SIGKILLed after step 1 of epoch 2 (once), with one retry allowed."""
-    tmp = tmp_path_factory.mktemp("lost")
-    marker = tmp / "killed"
+def test_a_finished_run_is_not_started_again(tmp_path):
+    """A workdir that holds the final checkpoint of the same config is done: no Ray Train start (this test
+    has no Ray at all), no epoch reported, the finished history returned. A lost worker's restart from its
+    checkpoint is tested through the service (test_ray_experiments.py), a lost node on a local cluster."""
+    config = tiny_retrain(epochs=2)
+    done = run_retrain(config, workdir=tmp_path / "work", device="cpu", hooks=Hooks())
     reported: list[dict] = []
-    kwargs = dict(workdir=tmp / "work", workers=2, run_name="ddp-lost", storage_path=str(tmp / "storage"),
-                  resources_per_worker={"CPU": 1}, retries=1)  # fmt: skip
-    os.environ[WORKER_FAULT_ENV] = json.dumps({"rank": 1, "epoch": 2, "step": 1, "marker": str(marker)})
-    try:
-        started = time.perf_counter()
-        summary = run_ddp_retrain(tiny_retrain(), report=lambda m, c: reported.append(m), **kwargs)
-        seconds = time.perf_counter() - started
-    finally:
-        os.environ.pop(WORKER_FAULT_ENV, None)
-    print(f"2-worker fit with a lost worker: {seconds:.1f} s")
-    return {"summary": summary, "reported": reported, "marker": marker, "kwargs": kwargs}
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-@pytest.mark.timeout(400)
-def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(lost_worker_run):
-    summary = lost_worker_run["summary"]
-    assert lost_worker_run["marker"].exists(), "the fault was never injected"
-    # The first group started from scratch; the second resumed from epoch 1's checkpoint (epoch 2 was cut).
-    assert summary["ddp"]["starts"] == [0, 1]
-    assert [m["epoch"] for m in summary["history"]] == [1, 2, 3]
-    assert summary["epochs_run"] == 3 and summary["finished"]
-    assert [m["epoch"] for m in lost_worker_run["reported"]] == [1, 2, 3], "an epoch was reported twice"
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-@pytest.mark.timeout(400)
-def test_running_a_finished_run_again_does_not_retrain(lost_worker_run):
-    reported: list[dict] = []
-    started = time.perf_counter()
-    again = run_ddp_retrain(tiny_retrain(), report=lambda m, c: reported.append(m), **lost_worker_run["kwargs"])
-    assert time.perf_counter() - started < 10, "a finished run started Ray Train again"
+    again = run_ddp_retrain(config, workdir=tmp_path / "work", workers=2, run_name="ddp-done",
+                            storage_path=str(tmp_path / "storage"), report=lambda m, c: reported.append(m))  # fmt: skip
     assert again["ddp"]["starts"] == [] and reported == []
-    assert again["history"] == lost_worker_run["summary"]["history"]
+    assert again["history"] == done["history"] and not (tmp_path / "storage").exists()
+    # Another config (here: one more epoch) is not the finished run.
+    from nas_service.ray_runtime.train import _finished_summary
+
+    assert _finished_summary(tiny_retrain(epochs=3), tmp_path / "work") is None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from nas_service.ray_runtime.train import WORKER_FAULT_ENV
 from nas_service.results import ResultsStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration, pytest.mark.timeout(600)]
@@ -234,7 +235,7 @@ def test_invalid_spec_fails_before_ray_starts(tmp_path, edit, field):
 PORT_PROBE = """
 import json, psutil
 from nas_service.ray_runtime import start_ray, shutdown_ray
-start_ray(num_cpus=2)
+start_ray(num_cpus=2, dashboard=True)  # the dashboard's listeners too (DDP stages start it)
 me = psutil.Process()
 pids = {me.pid} | {c.pid for c in me.children(recursive=True)}
 listening = [(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections(kind="inet")
@@ -254,3 +255,52 @@ def test_every_port_of_the_local_ray_instance_is_on_loopback(tmp_path):
         address = ipaddress.ip_address(ip)
         address = getattr(address, "ipv4_mapped", None) or address  # ::ffff:127.0.0.1 is IPv4 loopback
         assert address.is_loopback, f"pid {pid} listens on {ip}:{port}"
+
+
+DDP_SPEC = """\
+name: ddp
+storage: {storage}
+data: {{dataset: digits}}
+retries: 1
+stages:
+  - name: retrain
+    kind: retrain
+    recipe: digits_retrain
+    genotypes: [DARTS_V2, SHARPSEPCONV_DARTS]
+    workers: 2
+    worker_retries: 1
+    overrides: {{epochs: 3, max_steps_per_epoch: 4, init_channels: 4, layers: 3, mid_channels: 4,
+                 drop_path_prob: 0.0}}
+"""
+
+
+def test_ddp_retrains_run_one_after_another_and_a_lost_worker_resumes_from_its_checkpoint(tmp_path):
+    """Two retrains of 2 DDP workers each on 2 CPUs: each trial's driver holds a sliver of a CPU and its
+    workers the rest, so the trials run in turn instead of waiting on each other. Rank 1 of the first
+    trial to train is SIGKILLed in epoch 2: its worker group restarts from epoch 1's checkpoint."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(DDP_SPEC.format(storage=tmp_path / "runs"))
+    marker = tmp_path / "killed"
+    fault = json.dumps({"rank": 1, "epoch": 2, "step": 1, "marker": str(marker)})
+    code, out = finish(start_run(spec, cli_env(tmp_path, **{WORKER_FAULT_ENV: fault})), timeout=500)
+    assert code == 0, out
+    assert "DDP over 2 workers of 1 CPU, 0 GPU each; up to 1 trial(s) at once" in out
+    assert marker.exists(), "the worker fault never fired"
+
+    store = ResultsStore(str(tmp_path / "runs"), "ddp")
+    trials, epochs = store.trials(), store.epochs()
+    assert len(trials) == 2 and set(trials["status"]) == {"finished"}
+    assert set(trials["extra.workers"]) == {2}
+    # Every epoch once, and not one row more on disk than epochs (a restart re-trains nothing reported).
+    assert len(epochs) == 6 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert len(list((tmp_path / "runs" / "ddp" / "results" / "epochs").rglob("*.parquet"))) == 6
+    ddp = {row["trial_id"]: json.loads(row["extra.summary_json"])["ddp"] for _, row in trials.iterrows()}
+    assert sorted(d["starts"] for d in ddp.values()) == [[0], [0, 1]]
+    assert all(d["workers"] == 2 for d in ddp.values())
+    hit = next(t for t, d in ddp.items() if d["starts"] == [0, 1])
+    rows = epochs[epochs["trial_id"] == hit].sort_values("epoch")
+    assert list(rows["attempt"]) == [0, 1, 1]  # epochs 2 and 3 came from the start that resumed at epoch 1
+
+    # One after another: the second trial's first epoch ends after the first trial's last.
+    windows = sorted((g["written_at"].min(), g["written_at"].max()) for _, g in epochs.groupby("trial_id"))
+    assert windows[0][1] < windows[1][0], f"the DDP trials overlapped: {windows}"
