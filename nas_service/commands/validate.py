@@ -62,7 +62,12 @@ def _counts(stage_spec: Any, stage: StagePlan) -> str:
     if stage.kind in ("retrain", "grid"):
         archs = len({(t.config.get("genotype"), t.config.get("path")) for t in stage.trials})
         parts.insert(0, f"{archs} architecture{'s' if archs != 1 else ''}")
-    return f"{len(stage.trials)}" + (f" ({', '.join(parts)})" if parts else "")
+    count = f"{len(stage.trials)}" + (f" ({', '.join(parts)})" if parts else "")
+    workers = getattr(stage_spec, "workers", 1)
+    if workers > 1:
+        per = stage_spec.resources_per_worker
+        count += f"; DDP: {workers} workers x ({per.cpu:g} CPU, {per.gpu:g} GPU) per trial"
+    return count
 
 
 def summarize(spec: ExperimentSpec, the_plan: Plan, *, source: str = "") -> str:

@@ -304,6 +304,19 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _quiet_report_lines() -> None:
+    """Drops Ray Train's per-report INFO line on every worker (our epoch lines already say it once).
+
+    Ray 2.60 logs it under the logger named by the module's *file path*, which neither
+    ``LoggingConfig(log_level)`` nor the ``ray.train`` logger's level reaches.
+    """
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray layout: the lines stay, nothing breaks
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     """One DDP worker: ``run_retrain`` with DDP hooks; rank 0 returns the summary."""
     import ray
@@ -314,8 +327,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None
     from trainers.engine import DivergedError, Hooks
     from trainers.retrain import run_retrain
 
-    # Ray Train logs every report and checkpoint at INFO from each worker; our epoch lines say it once.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    _quiet_report_lines()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     config = config_from_dict(loop_config["config"])

@@ -1,5 +1,6 @@
-"""Experiments submitted through the Ray Jobs API to a real local cluster (a head and a worker node,
-token authentication on): the results land in Parquet, and resubmitting does not rerun finished trials."""
+"""Experiments submitted through the Ray Jobs API to a real local cluster (a head and two worker nodes,
+token authentication on): the results land in Parquet, resubmitting does not rerun finished trials, and a
+DDP retrain whose worker node is killed mid-run resumes on the surviving node from its last checkpoint."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -62,7 +65,7 @@ def cluster(tmp_path_factory):
         mp.setenv("HOME", str(home))
         for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
             mp.delenv(name, raising=False)
-        c = lc.LocalCluster(state_dir=tmp_path_factory.mktemp("cluster"), workers=1, head_cpus=1, worker_cpus=2,
+        c = lc.LocalCluster(state_dir=tmp_path_factory.mktemp("cluster"), workers=2, head_cpus=1, worker_cpus=2,
                             dashboard_port=_free_port(), token=True)  # fmt: skip
         c.start()
         try:
@@ -106,3 +109,71 @@ def test_local_storage_is_refused_for_a_remote_cluster(tmp_path):
                              "http://10.1.2.3:8265"], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2
     assert "storage" in result.stderr and "--shared-storage" in result.stderr
+
+
+DDP_SPEC = """\
+name: ddp_lost_node
+storage: {storage}
+data: {{dataset: digits}}
+retries: 2
+stages:
+  - name: retrain
+    kind: retrain
+    recipe: digits_retrain
+    genotypes: [DARTS_V2]
+    workers: 2
+    worker_retries: 2
+    overrides: {{epochs: 8, max_steps_per_epoch: 4, init_channels: 4, layers: 3, mid_channels: 4,
+                 drop_path_prob: 0.0}}
+"""
+
+
+def _train_worker_nodes(cluster) -> set[str]:
+    """The nodes that alive Ray Train workers run on, from the State API (through the dashboard)."""
+    url = (f"{cluster.dashboard_url}/api/v0/actors?limit=1000&filter_keys=class_name&filter_predicates=%3D"
+           "&filter_values=RayTrainWorker")  # fmt: skip
+    request = urllib.request.Request(url, headers=cluster.auth_headers())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        actors = json.loads(response.read())["data"]["result"]["result"]
+    return {a["node_id"] for a in actors if a["state"] == "ALIVE"}
+
+
+def test_a_lost_worker_node_leaves_the_ddp_retrain_to_resume_on_the_surviving_node(cluster, tmp_path):
+    """Head (1 CPU) + two worker nodes (2 CPUs each): the 2-worker DDP group fits one worker node. Once
+    epoch 1 is recorded, the node its workers run on is killed; the trial must finish on the other node,
+    resuming from a checkpoint (not from scratch), with every epoch recorded exactly once."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(DDP_SPEC.format(storage=tmp_path / "runs"))
+    env = {**os.environ, **cluster.client_env(), "RAY_USAGE_STATS_ENABLED": "0"}
+    job = subprocess.Popen([sys.executable, "-m", "nas_service.cli", "submit", str(spec), "--address",
+                            cluster.dashboard_url, "--wait"], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    store = ResultsStore(str(tmp_path / "runs"), "ddp_lost_node")
+    try:
+        deadline = time.monotonic() + 300
+        while store.epochs().empty:
+            assert job.poll() is None and time.monotonic() < deadline, "no epoch was recorded"
+            time.sleep(0.2)
+        nodes = _train_worker_nodes(cluster)
+        workers = {n["node_id"]: n["index"] for n in cluster.nodes() if n["role"] == "worker"}
+        assert len(nodes) == 1 and nodes <= set(workers), f"DDP workers on {nodes}; worker nodes {workers}"
+        [lost] = nodes
+        killed_at = int(store.epochs()["epoch"].max())
+        cluster.kill_worker(workers[lost])
+        killed = time.monotonic()
+        out, _ = job.communicate(timeout=400)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0 and "SUCCEEDED" in out, out
+
+    trials, epochs = store.trials(), store.epochs()
+    assert len(trials) == 1 and trials["status"].iloc[0] == "finished", out
+    assert killed_at < 8, "the run ended before the node was lost: nothing was tested"
+    assert list(epochs.sort_values("epoch")["epoch"]) == list(range(1, 9))
+    assert len(list((tmp_path / "runs" / "ddp_lost_node" / "results" / "epochs").rglob("*.parquet"))) == 8
+    ddp = json.loads(trials["extra.summary_json"].iloc[0])["ddp"]
+    print(f"node lost after epoch {killed_at}; job done {time.monotonic() - killed:.1f} s later; ddp {ddp}")
+    # The last start of the worker group resumed from a checkpoint, on the surviving node.
+    assert ddp["starts"][-1] >= killed_at >= 1, ddp
+    assert ddp["nodes"][-1] != lost and ddp["nodes"][-1] in workers, ddp
