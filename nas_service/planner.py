@@ -222,17 +222,39 @@ def _identity_config(config: Mapping[str, Any], drop: Sequence[str] = ()) -> dic
     return out
 
 
-def trial_id_for(stage: str, kind: str, config: Mapping[str, Any], parent: str | None = None) -> str:
-    """The deterministic id of a trial (see the module docstring)."""
+def trial_id_for(stage: str, kind: str, config: Mapping[str, Any], parent: str | None = None,
+                 execution: Mapping[str, Any] | None = None) -> str:  # fmt: skip
+    """The deterministic id of a trial (see the module docstring).
+
+    ``execution``: how the trial runs, where that changes its results (see :func:`execution_identity`).
+    """
     payload: dict[str, Any] = {"stage": stage, "kind": kind, "config": _identity_config(config)}
     if parent is not None:
         payload["lineage"] = parent
+    if execution:
+        payload["execution"] = dict(execution)
     return _digest(payload, ID_LENGTH)
 
 
+def execution_identity(stage: Any) -> dict[str, Any]:
+    """The part of how a stage's trials run that changes their results, hence their ids.
+
+    DDP with synchronized batch norm trains as one process would, so the worker count is not part of a
+    trial's identity (a trial may resume with other workers). Per-worker batch norm statistics depend on
+    each worker's share of the batch: then the worker count is.
+    """
+    workers = getattr(stage, "workers", 1)
+    if workers > 1 and not getattr(stage, "sync_batchnorm", True):
+        return {"local_batchnorm_workers": workers}
+    return {}
+
+
 def _arm(stage: str, kind: str, config: Mapping[str, Any], label_parts: Sequence[str], *,
-         from_arm: Arm | None = None, drop: Sequence[str] = ("seed",)) -> Arm:  # fmt: skip
+         from_arm: Arm | None = None, drop: Sequence[str] = ("seed",),
+         execution: Mapping[str, Any] | None = None) -> Arm:  # fmt: skip
     payload: dict[str, Any] = {"stage": stage, "kind": kind, "config": _identity_config(config, drop)}
+    if execution:
+        payload["execution"] = dict(execution)
     if from_arm is not None:
         payload["from_arm"] = from_arm.arm_id
     label = ", ".join(p for p in label_parts if p) or "base"
@@ -473,10 +495,14 @@ def _make_trial(
     parent = arch.parent if arch is not None else None
     label = ([arch.label] if arch is not None else []) + _axis_label(axes)
     drop = ("seed",) + (_ARCH_FIELDS if arch is not None and arch.from_arm is not None else ())
+    execution = execution_identity(stage)
+    if execution:
+        label.append(f"{execution['local_batchnorm_workers']} workers, local BN")
     return Trial(
-        stage=stage.name, kind=stage.kind, trial_id=trial_id_for(stage.name, stage.kind, config, parent),
+        stage=stage.name, kind=stage.kind, trial_id=trial_id_for(stage.name, stage.kind, config, parent, execution),
         config=config, seed=seed, axes=dict(axes),
-        arm=_arm(stage.name, stage.kind, config, label, from_arm=arch.from_arm if arch else None, drop=drop),
+        arm=_arm(stage.name, stage.kind, config, label, from_arm=arch.from_arm if arch else None, drop=drop,
+                 execution=execution),
         lineage=Lineage(parent, arch.parent_stage if arch else None, arch.source if arch else "recipe"),
     )  # fmt: skip
 

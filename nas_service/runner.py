@@ -123,7 +123,8 @@ def stage_scheduling(spec: ExperimentSpec, stage: Any, cluster: dict[str, float]
     if whole["cpu"] > cpus + 1e-9 or whole["gpu"] > gpus + 1e-9:
         note += (f"; WARNING: one trial needs {whole['cpu']:g} CPUs and {whole['gpu']:g} GPUs, the cluster has "
                  f"{cpus:g} and {gpus:g}: its workers wait until nodes with room join")  # fmt: skip
-    ddp = {"workers": workers, "resources_per_worker": asked, "retries": stage.worker_retries}
+    ddp = {"workers": workers, "resources_per_worker": asked, "retries": stage.worker_retries,
+           "sync_batchnorm": stage.sync_batchnorm}
     return StageScheduling({"cpu": driver["cpu"], "gpu": 0.0}, concurrency, ddp, note)
 
 

@@ -44,6 +44,7 @@ from typing import Annotated, Any, Literal, NamedTuple, Union
 
 import yaml
 from pydantic import (
+    StrictBool,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -435,6 +436,11 @@ class RetrainStage(_TrainStageBase):
     )  # fmt: skip
     worker_retries: StrictInt = Field(
         2, ge=0, description="restarts of a DDP worker group from its last checkpoint after a lost worker or node"
+    )  # fmt: skip
+    sync_batchnorm: StrictBool = Field(
+        True,
+        description="DDP batch norm uses the global batch's statistics (as one process would; then the worker "
+        "count does not change results); false: each worker's own, faster on CPU, and part of the trial's identity",
     )  # fmt: skip
 
 

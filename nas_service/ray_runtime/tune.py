@@ -132,8 +132,8 @@ class TrialPayload:
     lineage_trial_id: str | None
     lineage_stage: str | None
     lineage_source: str
-    # A DDP retrain: {"workers": n, "resources_per_worker": {"CPU": c, "GPU": g}, "retries": r}; None trains
-    # in the Tune trial's own process.
+    # A DDP retrain: {"workers": n, "resources_per_worker": {"CPU": c, "GPU": g}, "retries": r,
+    # "sync_batchnorm": b}; None trains in the Tune trial's own process.
     ddp: dict[str, Any] | None = None
 
 
@@ -307,7 +307,8 @@ def _run_ddp(trial: TrialPayload, config: Any, *, storage: str, experiment: str,
     return run_ddp_retrain(
         config, workdir=workdir, workers=workers, run_name=ddp_run_name(trial.trial_id, config),
         storage_path=_storage_under(storage, experiment, "ddp"), resources_per_worker=per_worker,
-        retries=int(ddp["retries"]), report=report, on_start=on_start, threads=threads,
+        retries=int(ddp["retries"]), sync_batchnorm=bool(ddp.get("sync_batchnorm", True)), report=report,
+        on_start=on_start, threads=threads,
     )  # fmt: skip
 
 

@@ -76,7 +76,8 @@ def test_three_two_worker_retrains_on_two_cpus_run_one_at_a_time():
     scheduling = stage_scheduling(spec, spec.stages[0], {"CPU": 2.0})
     assert scheduling.concurrency == 1  # three drivers at once would hold CPUs their workers wait for
     assert scheduling.per_trial == {"cpu": DRIVER_CPU_SLIVER, "gpu": 0.0}
-    assert scheduling.ddp == {"workers": 2, "resources_per_worker": {"CPU": 1.0, "GPU": 0.0}, "retries": 2}
+    assert scheduling.ddp == {"workers": 2, "resources_per_worker": {"CPU": 1.0, "GPU": 0.0}, "retries": 2,
+                              "sync_batchnorm": True}
     assert "DDP over 2 workers" in scheduling.note and "WARNING" not in scheduling.note
 
 
@@ -178,3 +179,29 @@ def test_one_process_needs_no_agreement():
     stats = train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.1),
                             device=torch.device("cpu"), epoch=1)  # fmt: skip
     assert stats.samples == 6 and math.isfinite(stats.loss)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Trial identity: synchronized batch norm trains as one process would, per-worker batch norm does not
+
+
+def _ids(spec: Any) -> list[str]:
+    from nas_service.planner import plan
+
+    return [t.trial_id for t in plan(spec).trials]
+
+
+def test_workers_with_synchronized_batchnorm_keep_the_trial_ids():
+    # A trial may resume with another worker count: its results do not depend on it.
+    assert _ids(spec_with()) == _ids(spec_with(workers=2)) == _ids(spec_with(workers=4))
+
+
+def test_per_worker_batchnorm_makes_the_worker_count_part_of_the_identity():
+    from nas_service.planner import plan
+
+    local2, local4 = spec_with(workers=2, sync_batchnorm=False), spec_with(workers=4, sync_batchnorm=False)
+    assert len({*_ids(local2), *_ids(local4), *_ids(spec_with(workers=2))}) == 9
+    trial = plan(local2).trials[0]
+    assert trial.arm.label.endswith("2 workers, local BN")
+    scheduling = stage_scheduling(local2, local2.stages[0], {"CPU": 2.0})
+    assert scheduling.ddp["sync_batchnorm"] is False
