@@ -62,12 +62,15 @@ def _counts(stage_spec: Any, stage: StagePlan) -> str:
     if stage.kind in ("retrain", "grid"):
         archs = len({(t.config.get("genotype"), t.config.get("path")) for t in stage.trials})
         parts.insert(0, f"{archs} architecture{'s' if archs != 1 else ''}")
-    count = f"{len(stage.trials)}" + (f" ({', '.join(parts)})" if parts else "")
+    return f"{len(stage.trials)}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _ddp(stage_spec: Any) -> str:
     workers = getattr(stage_spec, "workers", 1)
-    if workers > 1:
-        per = stage_spec.resources_per_worker
-        count += f"; DDP: {workers} workers x ({per.cpu:g} CPU, {per.gpu:g} GPU) per trial"
-    return count
+    if workers < 2:
+        return ""
+    per = stage_spec.resources_per_worker
+    return f"; DDP: {workers} workers x ({per.cpu:g} CPU, {per.gpu:g} GPU) per trial"
 
 
 def summarize(spec: ExperimentSpec, the_plan: Plan, *, source: str = "") -> str:
@@ -86,7 +89,7 @@ def summarize(spec: ExperimentSpec, the_plan: Plan, *, source: str = "") -> str:
     for stage_spec, stage in zip(spec.stages, the_plan.stages):
         ref = getattr(stage_spec, "from_", None)
         rows.append((stage.name, stage.kind, getattr(stage_spec, "recipe", "-"), ref.stage if ref else "-",
-                     _counts(stage_spec, stage)))  # fmt: skip
+                     _counts(stage_spec, stage) + _ddp(stage_spec)))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
