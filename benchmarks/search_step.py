@@ -1,12 +1,16 @@
 """Times one search step (architecture update + weight update) for every named space and weighting.
 
 Each configuration runs in its own subprocess so its peak memory (max RSS) is its own. Prints seconds per
-step, images per second, peak memory and the ratio of each configuration's time to ``darts`` (same
-weighting and memory format), side by side in one run.
+step, images per second, the memory before the first step (torch, the model, the batch) and at its peak,
+and the ratio of each configuration's time to ``darts`` (same weighting, memory format and variant), side
+by side in one run. Variants: activation checkpointing off/on, and the dilated depthwise convs computed
+as polyphase undilated convs (``search_spaces.ops.DepthwiseConv2d``) or by PyTorch's native kernel.
 
     .venv/bin/python benchmarks/search_step.py                      # CIFAR shape, C=16, 8 cells, batch 32
     .venv/bin/python benchmarks/search_step.py --C 8 --layers 5 --batch 16 --repeats 2
     .venv/bin/python benchmarks/search_step.py --spaces darts --memory-formats contiguous channels_last
+    .venv/bin/python benchmarks/search_step.py --spaces darts --weightings scalar --checkpointing off on \
+        --dilated-conv polyphase native
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 def one_config(args: argparse.Namespace) -> dict:
     import torch
 
+    from search_spaces import ops
     from search_spaces.supernet import build_search_network
     from trainers.architect import Architect
     from trainers.config import ArchOptimConfig, OptimConfig
@@ -31,7 +36,12 @@ def one_config(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
     net = build_search_network(args.space, C=args.C, layers=args.layers, weighting=args.weighting,
-                               in_channels=3, num_classes=10).to(memory_format=fmt)  # fmt: skip
+                               in_channels=3, num_classes=10,
+                               activation_checkpointing=args.checkpoint == "on").to(memory_format=fmt)  # fmt: skip
+    if args.dilated == "native":  # PyTorch's own dilated kernel, for comparison
+        for module in net.modules():
+            if isinstance(module, ops.DepthwiseConv2d):
+                module._polyphase = False
     sgd = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     architect = Architect(net, ArchOptimConfig(order=args.order), OptimConfig())
     x = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=fmt)
@@ -46,10 +56,11 @@ def one_config(args: argparse.Namespace) -> dict:
                         grad_clip=5.0, clip_parameters=net.weight_parameters(), before_step=arch_step)  # fmt: skip
         return time.perf_counter() - start
 
+    base_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     step()  # warm-up (allocator, oneDNN kernels)
     times = sorted(step() for _ in range(args.repeats))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": times[len(times) // 2], "peak_mib": peak_mib}
+    return {"seconds": times[len(times) // 2], "base_mib": base_mib, "peak_mib": peak_mib}
 
 
 def main() -> None:
@@ -57,6 +68,9 @@ def main() -> None:
     parser.add_argument("--spaces", nargs="+", default=["darts", "sharp_sep_conv_darts", "sharp_darts", "sharper_darts"])
     parser.add_argument("--weightings", nargs="+", default=["scalar", "max_w"])
     parser.add_argument("--memory-formats", nargs="+", default=["channels_last"])
+    parser.add_argument("--checkpointing", nargs="+", default=["off"], choices=["off", "on"],
+                        help="activation checkpointing of the supernet edges")
+    parser.add_argument("--dilated-conv", nargs="+", default=["polyphase"], choices=["polyphase", "native"])
     parser.add_argument("--C", type=int, default=16)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--batch", type=int, default=32)
@@ -68,43 +82,63 @@ def main() -> None:
     parser.add_argument("--space", help=argparse.SUPPRESS)
     parser.add_argument("--weighting", help=argparse.SUPPRESS)
     parser.add_argument("--memory-format", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--dilated", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(one_config(args)))
         return
 
     rows = []
+    variants = [(c, d) for c in args.checkpointing for d in args.dilated_conv]
     for fmt in args.memory_formats:
-        for weighting in args.weightings:
-            for space in args.spaces:
-                cmd = [sys.executable, __file__, "--child", "--space", space, "--weighting", weighting,
-                       "--memory-format", fmt, "--C", str(args.C), "--layers", str(args.layers),
-                       "--batch", str(args.batch), "--size", str(args.size), "--order", str(args.order),
-                       "--repeats", str(args.repeats), "--threads", str(args.threads)]  # fmt: skip
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                result = json.loads(out.strip().splitlines()[-1])
-                rows.append({"space": space, "weighting": weighting, "memory_format": fmt, **result})
-                print(f"  measured {space} {weighting} {fmt}: {result['seconds']:.2f} s", file=sys.stderr)
+        for checkpoint, dilated in variants:
+            for weighting in args.weightings:
+                for space in args.spaces:
+                    cmd = [sys.executable, __file__, "--child", "--space", space, "--weighting", weighting,
+                           "--memory-format", fmt, "--C", str(args.C), "--layers", str(args.layers),
+                           "--batch", str(args.batch), "--size", str(args.size), "--order", str(args.order),
+                           "--repeats", str(args.repeats), "--threads", str(args.threads),
+                           "--checkpoint", checkpoint, "--dilated", dilated]  # fmt: skip
+                    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                    result = json.loads(out.strip().splitlines()[-1])
+                    variant = f"ckpt {checkpoint}, {dilated}"
+                    rows.append({"space": space, "weighting": weighting, "memory_format": fmt, "variant": variant,
+                                 **result})  # fmt: skip
+                    print(f"  measured {space} {weighting} {fmt} {variant}: {result['seconds']:.2f} s", file=sys.stderr)
 
     print(f"\none search step (arch + weights, order {args.order}), batch {args.batch}, "
           f"{args.size}x{args.size}, C={args.C}, {args.layers} cells, {args.threads} threads")  # fmt: skip
-    header = f"{'space':<22}{'weighting':<10}{'format':<15}{'s/step':>9}{'img/s':>9}{'peak MiB':>10}{'x darts':>9}"
+    header = (f"{'space':<22}{'weighting':<10}{'format':<15}{'variant':<24}{'s/step':>9}{'img/s':>9}"
+              f"{'base MiB':>10}{'peak MiB':>10}{'x darts':>9}")  # fmt: skip
     print(header)
     print("-" * len(header))
+
+    def same(r: dict, **keys: str) -> dict | None:
+        want = {k: r[k] for k in ("space", "weighting", "memory_format", "variant")} | keys
+        return next((o for o in rows if all(o[k] == v for k, v in want.items())), None)
+
     for row in rows:
-        base = next((r for r in rows if r["space"] == "darts" and r["weighting"] == row["weighting"]
-                     and r["memory_format"] == row["memory_format"]), None)  # fmt: skip
+        base = same(row, space="darts")
         ratio = row["seconds"] / base["seconds"] if base else float("nan")
-        print(f"{row['space']:<22}{row['weighting']:<10}{row['memory_format']:<15}{row['seconds']:>9.3f}"
-              f"{args.batch / row['seconds']:>9.1f}{row['peak_mib']:>10.0f}{ratio:>9.2f}")  # fmt: skip
+        print(f"{row['space']:<22}{row['weighting']:<10}{row['memory_format']:<15}{row['variant']:<24}"
+              f"{row['seconds']:>9.3f}{args.batch / row['seconds']:>9.1f}{row['base_mib']:>10.0f}"
+              f"{row['peak_mib']:>10.0f}{ratio:>9.2f}")  # fmt: skip
+    if len(variants) > 1:
+        first = f"ckpt {variants[0][0]}, {variants[0][1]}"
+        print(f"\neach variant against {first!r}: time ratio, peak-memory ratio")
+        for row in rows:
+            ref = same(row, variant=first)
+            if ref and row is not ref:
+                print(f"  {row['space']:<22}{row['weighting']:<10}{row['memory_format']:<15}{row['variant']:<24}"
+                      f"{row['seconds'] / ref['seconds']:.2f}  {row['peak_mib'] / ref['peak_mib']:.2f}")  # fmt: skip
     if len(args.memory_formats) > 1:
         print("\nchannels_last / contiguous time ratio:")
         for r in rows:
             if r["memory_format"] == "channels_last":
-                c = next((o for o in rows if o["memory_format"] == "contiguous" and o["space"] == r["space"]
-                          and o["weighting"] == r["weighting"]), None)  # fmt: skip
+                c = same(r, memory_format="contiguous")
                 if c:
-                    print(f"  {r['space']:<22}{r['weighting']:<10}{r['seconds'] / c['seconds']:.2f}")
+                    print(f"  {r['space']:<22}{r['weighting']:<10}{r['variant']:<24}{r['seconds'] / c['seconds']:.2f}")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ first 12 hex digits of the SHA-256 of the canonical JSON (sorted keys, compact) 
 editing a spec keeps the ids of the trials it did not change (added seeds or sweep values add trials).
 Two refinements, both so that an id names the computation and nothing else:
 
-* Fields that only say where files are or how they are read (``data.root``, ``data.download``,
-  ``data.num_workers``, an evaluation's ``root``) are left out of the hash: moving the data to another
-  disk or cluster does not turn finished trials into new ones.
+* Fields that only say where files are, how they are read or how memory is spent (``data.root``,
+  ``data.download``, ``data.num_workers``, ``activation_checkpointing``, an evaluation's ``root``) are left
+  out of the hash: moving the data to another disk or cluster, or trading memory for time, does not turn
+  finished trials into new ones.
 * A trial whose architecture came from an upstream trial also hashes that trial's id (``lineage``): two
   searches that happen to choose the same genotype still give two retrain trials, one per search, so
   every retrain has exactly one producing search and the report can charge that search's cost to it.
@@ -25,7 +26,6 @@ until then they are ``waiting`` with no trials (``plan`` is cheap: call it again
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -37,7 +37,12 @@ from typing import Any, Literal
 from search_spaces.genotypes import Genotype
 from search_spaces.hypercuboid import random_path
 from search_spaces.paths import HYPERCUBOID_OPS, HyperCuboidPath, PathStage
-from trainers.config import ConfigError, config_to_dict, with_overrides
+from trainers.config import (
+    ConfigError,
+    config_to_dict,
+    with_overrides,
+    without_result_neutral_fields,
+)
 
 from .spec import (
     AshaSpec,
@@ -68,10 +73,8 @@ __all__ = [
 
 ID_LENGTH = 12
 ARM_ID_LENGTH = 10
-# Config fields that say where files are or how they are read, not what is computed (see module doc).
-LOCATION_FIELDS: tuple[tuple[str, ...], ...] = (
-    ("data", "root"), ("data", "download"), ("data", "num_workers"), ("root",),
-)  # fmt: skip
+# Left out of trial ids besides the training configs' RESULT_NEUTRAL_FIELDS: an evaluation's data root.
+_EVALUATION_ROOT: tuple[tuple[str, ...], ...] = (("root",),)
 # Architecture fields a retrain config carries; an upstream-derived arm leaves them out.
 _ARCH_FIELDS = ("genotype", "path", "op_set")
 
@@ -210,13 +213,7 @@ def _digest(obj: Any, length: int) -> str:
 
 def _identity_config(config: Mapping[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
     """The config without location fields (and without the top-level fields in ``drop``)."""
-    out = copy.deepcopy(dict(config))
-    for path in LOCATION_FIELDS:
-        node: Any = out
-        for part in path[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(path[-1], None)
+    out = without_result_neutral_fields(dict(config), extra=_EVALUATION_ROOT)
     for key in drop:
         out.pop(key, None)
     return out

@@ -8,10 +8,13 @@ weights: they are saved in ``state_dict``, move with ``.to()``, and are reached 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 
 from .genotypes import Genotype, parse_genotype
 from .ops import FactorizedReduce, ReLUConvBN, get_op_set
@@ -27,9 +30,12 @@ class MixedOp(nn.Module):
     The ``none`` op is never instantiated or run: its output is zero whatever its coefficient, so skipping
     it changes neither the output nor any gradient (its weight still competes in the softmax).
     Pools are followed by a non-affine BN, as in DARTS.
+
+    With ``checkpoint=True`` the edge keeps only its input for backward and recomputes its ops' activations
+    there (see :func:`_checkpointed_edge`): the same values and gradients for a fraction of the memory.
     """
 
-    def __init__(self, C: int, stride: int, primitives: Sequence[str], op_set: str) -> None:
+    def __init__(self, C: int, stride: int, primitives: Sequence[str], op_set: str, checkpoint: bool = False) -> None:
         super().__init__()
         ops = get_op_set(op_set)
         self.ops = nn.ModuleList()
@@ -44,13 +50,59 @@ class MixedOp(nn.Module):
             active.append(index)
         self.register_buffer("active", torch.tensor(active, dtype=torch.long), persistent=False)
         self.stride = stride
+        self.checkpoint = checkpoint
 
-    def forward(self, x: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
-        coefs = coefs.index_select(0, self.active)
+    def forward(self, x: torch.Tensor, coefs: torch.Tensor, _selected: bool = False) -> torch.Tensor:
+        """``coefs``: one per primitive (``none`` included); ``_selected``: already one per active op."""
+        if not _selected:
+            coefs = coefs.index_select(0, self.active)
+            if self.checkpoint and torch.is_grad_enabled():
+                return _checkpointed_edge(self, x, coefs)
         out = coefs[0] * self.ops[0](x)
         for i in range(1, len(self.ops)):
             out = out + coefs[i] * self.ops[i](x)
         return out
+
+
+def _checkpointed_edge(edge: MixedOp, x: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
+    """Runs ``edge`` under activation checkpointing, recomputing exactly what the first run computed.
+
+    Two things the plain ``torch.utils.checkpoint`` call would get wrong here: the recomputation would
+    update the BN running statistics a second time (so it runs with them frozen), and it runs in backward,
+    after a ``torch.func.functional_call`` (the unrolled second-order step) has put the module's own weights
+    back (so it runs on the tensors the first run used, captured here).
+    """
+    tensors = {**dict(edge.named_parameters()), **dict(edge.named_buffers())}
+    recomputing = False
+
+    def run(x: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
+        nonlocal recomputing
+        if not recomputing:
+            recomputing = True
+            return edge(x, coefs, _selected=True)
+        with _running_stats_frozen(edge):
+            current = {**dict(edge.named_parameters()), **dict(edge.named_buffers())}
+            if all(current[name] is tensor for name, tensor in tensors.items()):
+                return edge(x, coefs, _selected=True)
+            return functional_call(edge, tensors, (x, coefs), {"_selected": True})
+
+    return checkpoint(run, x, coefs, use_reentrant=False)
+
+
+@contextmanager
+def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """BN layers inside keep their running statistics (momentum 0 leaves them exactly as they are)."""
+    saved = []
+    for bn in module.modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.track_running_stats:
+            saved.append((bn, bn.momentum, bn.num_batches_tracked.clone()))
+            bn.momentum = 0.0
+    try:
+        yield
+    finally:
+        for bn, momentum, tracked in saved:
+            bn.momentum = momentum
+            bn.num_batches_tracked.copy_(tracked)
 
 
 class SearchCell(nn.Module):
@@ -68,6 +120,7 @@ class SearchCell(nn.Module):
         reduction_prev: bool,
         primitives: Sequence[str],
         op_set: str,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.reduction = reduction
@@ -82,7 +135,7 @@ class SearchCell(nn.Module):
         for i in range(steps):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self.edges.append(MixedOp(C, stride, primitives, op_set))
+                self.edges.append(MixedOp(C, stride, primitives, op_set, checkpoint=activation_checkpointing))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
@@ -108,6 +161,7 @@ class SearchNetwork(nn.Module):
         stem_multiplier: stem width is ``stem_multiplier * C`` (3).
         in_channels: image channels (3 for CIFAR, 1 for digits).
         weighting: ``scalar`` (DARTS) or ``max_w`` (sharpDARTS).
+        activation_checkpointing: edges recompute their activations in backward (:class:`MixedOp`).
     """
 
     def __init__(
@@ -123,6 +177,7 @@ class SearchNetwork(nn.Module):
         stem_multiplier: int = 3,
         in_channels: int = 3,
         weighting: str = "scalar",
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         for name, value, low in (("C", C, 1), ("layers", layers, 1), ("steps", steps, 1),
@@ -160,6 +215,7 @@ class SearchNetwork(nn.Module):
                 reduction_prev=reduction_prev,
                 primitives=self.primitives,
                 op_set=op_set,
+                activation_checkpointing=activation_checkpointing,
             )
             self.cells.append(cell)
             reduction_prev = reduction

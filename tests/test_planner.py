@@ -143,6 +143,7 @@ def test_id_is_the_hash_of_stage_kind_and_config() -> None:
     payload = {"stage": t.stage, "kind": t.kind, "config": copy.deepcopy(t.config)}
     for field in ("root", "download", "num_workers"):  # location fields are not part of the identity
         payload["config"]["data"].pop(field)
+    payload["config"].pop("activation_checkpointing")  # nor how memory is spent
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     assert t.trial_id == hashlib.sha256(text.encode()).hexdigest()[:12] == trial_id_for(t.stage, t.kind, t.config)
 
@@ -184,6 +185,14 @@ def test_where_the_data_lives_is_not_part_of_the_id() -> None:
     b = plan(spec_of(SEARCH, data={"dataset": "digits", "root": "/mnt/b"}))
     assert ids(a.trials) == ids(b.trials)
     assert a.trials[0].config["data"]["root"] == "/mnt/a"  # but the trial still gets its root
+
+
+def test_trading_memory_for_time_is_not_part_of_the_id() -> None:
+    lean = plan(spec_of({**SEARCH, "overrides": {**SEARCH.get("overrides", {}), "activation_checkpointing": True}}))
+    plain = plan(spec_of(SEARCH))
+    assert ids(lean.trials) == ids(plain.trials)
+    assert [a.arm.arm_id for a in lean.trials] == [a.arm.arm_id for a in plain.trials]
+    assert lean.trials[0].config["activation_checkpointing"] is True
 
 
 # ---------------------------------------------------------------------------------------------------------

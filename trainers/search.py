@@ -183,6 +183,7 @@ def run_cell_search(
             config.space, C=config.init_channels, num_classes=splits.info.num_classes, layers=config.layers,
             steps=config.steps, multiplier=config.multiplier, stem_multiplier=config.stem_multiplier,
             in_channels=splits.info.in_channels, weighting=config.weighting,
+            activation_checkpointing=config.activation_checkpointing,
         )  # fmt: skip
         return _Subject(model, {"search": config_to_dict(config)}, describe_cell_search)
 

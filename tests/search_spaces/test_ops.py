@@ -110,3 +110,32 @@ def test_op_sets_defining():
 
 def test_parameter_free_ops():
     assert ops_module.is_parameter_free("none") and not ops_module.is_parameter_free("sep_conv_3x3")
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize(("kernel", "stride", "size"), [(3, 1, 8), (5, 1, 16), (3, 2, 8), (5, 2, 7), (3, 1, 7), (3, 2, 1), (5, 1, 8)])
+def test_dilated_depthwise_conv_computes_what_nn_conv2d_computes(kernel, stride, size, memory_format):
+    """The polyphase form (and its fallbacks: odd sizes, components under the kernel size) = the native
+    dilated conv, forward and backward."""
+    dilation, channels = 2, 6
+    padding = dilation * (kernel - 1) // 2
+    fast = ops_module.DepthwiseConv2d(channels, kernel, stride=stride, padding=padding, dilation=dilation)
+    native = torch.nn.Conv2d(channels, channels, kernel, stride, padding, dilation=dilation, groups=channels, bias=False)
+    native.load_state_dict(fast.state_dict())  # same parameters, same keys
+    x = torch.randn(3, channels, size, size).contiguous(memory_format=memory_format).requires_grad_()
+    y_fast, y_native = fast(x), native(x)
+    assert y_fast.shape == y_native.shape
+    torch.testing.assert_close(y_fast, y_native, rtol=1e-5, atol=1e-5)
+    assert y_fast.is_contiguous(memory_format=memory_format) == y_native.is_contiguous(memory_format=memory_format)
+    grad = torch.randn_like(y_native)
+    gx_fast, gw_fast = torch.autograd.grad(y_fast, (x, fast.weight), grad)
+    gx_native, gw_native = torch.autograd.grad(y_native, (x, native.weight), grad)
+    torch.testing.assert_close(gx_fast, gx_native, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gw_fast, gw_native, rtol=1e-4, atol=1e-4)
+
+
+def test_dilated_ops_use_the_fast_depthwise_conv():
+    for op_set, name in [("darts", "dil_conv_3x3"), ("darts", "dil_conv_5x5"), ("sharp", "dil_conv_5x5"),
+                         ("sharp", "dil_flood_conv_3x3"), ("sharp", "dil_choke_conv_3x3")]:  # fmt: skip
+        convs = [m for m in build_op(op_set, name, 4, 4, 1, False).modules() if isinstance(m, ops_module.DepthwiseConv2d)]
+        assert convs and convs[0]._polyphase, (op_set, name)

@@ -92,3 +92,41 @@ def test_no_hack_genotype_can_choose_none():
 def test_bad_sizes_are_rejected():
     with pytest.raises(ValueError, match="multiplier"):
         build_search_network("darts", C=4, steps=2, multiplier=3)
+
+
+def _twin_nets(space: str, **kwargs):
+    nets = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        nets.append(build_search_network(space, activation_checkpointing=checkpointing, **SMALL, **kwargs))
+    return nets
+
+
+@pytest.mark.parametrize("space", ["darts", "sharp_darts"])
+def test_activation_checkpointing_changes_no_value_gradient_or_bn_statistic(space):
+    plain, lean = _twin_nets(space, weighting="max_w")
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([1, 2, 3, 4])
+    for net in (plain, lean):
+        for _ in range(2):  # two steps: the running statistics move once per forward, not again in backward
+            net.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), lean.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=name)
+    for (name, a), (_, b) in zip(plain.named_buffers(), lean.named_buffers()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    plain.eval(), lean.eval()
+    torch.testing.assert_close(plain(x), lean(x), rtol=0, atol=0)
+
+
+def test_activation_checkpointing_keeps_the_unrolled_second_order_gradient():
+    """The recomputation runs in backward, after functional_call put the model's own weights back."""
+    from trainers.architect import unrolled_arch_gradients
+
+    plain, lean = _twin_nets("darts")
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randn(4, 1, 8, 8, generator=g), torch.tensor([0, 1, 2, 3])] * 2
+    loss_plain, grads_plain = unrolled_arch_gradients(plain, *batches, lr=0.1, momentum=0.9, weight_decay=3e-4)
+    loss_lean, grads_lean = unrolled_arch_gradients(lean, *batches, lr=0.1, momentum=0.9, weight_decay=3e-4)
+    torch.testing.assert_close(loss_plain, loss_lean)
+    for a, b in zip(grads_plain, grads_lean):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -101,6 +101,8 @@ def test_resume_continues_the_same_trajectory(kind, tmp_path):
     partial = run(config, workdir=tmp_path / "resumed", hooks=stopper.hooks())
     assert partial["epochs_run"] == 2 and not partial["finished"]
     torch.manual_seed(12345)  # whatever the process did in between must not matter
+    if kind == "cell_search":  # a result-neutral field may change on resume and changes no number
+        config = with_overrides(config, {"activation_checkpointing": True})
     resumed = run(config, workdir=tmp_path / "resumed")
     assert resumed["finished"] and resumed["epochs_run"] == 3
     assert _without_timing(resumed["history"]) == _without_timing(straight["history"])
