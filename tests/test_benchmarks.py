@@ -1,0 +1,30 @@
+"""The benchmarks still run (at toy sizes) and print their side-by-side ratios; no timing is asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_search_step_benchmark_compares_the_variants():
+    out = _run("search_step.py", "--C", "4", "--layers", "3", "--batch", "4", "--size", "8", "--repeats", "1",
+               "--spaces", "darts", "--weightings", "scalar", "--checkpointing", "off", "on")  # fmt: skip
+    rows = [line for line in out.splitlines() if line.startswith("darts ")]
+    assert len(rows) == 2 and all("ckpt" in row for row in rows)
+    assert "each variant against 'ckpt off, polyphase'" in out
+
+
+def test_dilated_conv_benchmark_prints_a_ratio_per_shape():
+    out = _run("dilated_conv.py", "--batch", "2", "--repeats", "1")
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 10 and all(float(row[-1]) > 0 for row in rows)
