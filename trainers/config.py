@@ -165,7 +165,7 @@ class CellSearchConfig(_Common):
     space: str = "sharp_darts"
     weighting: Literal["scalar", "max_w"] = "scalar"
     # Recompute each supernet edge's activations in backward instead of keeping them: the same results in
-    # about 0.4x the memory for about 1.5x the step time (benchmarks/search_step.py --checkpointing both).
+    # about 0.4x the memory for about 1.45x the step time (benchmarks/search_step.py --checkpointing off on).
     activation_checkpointing: bool = False
     init_channels: int = 16
     layers: int = 8

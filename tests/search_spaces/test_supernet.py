@@ -130,3 +130,34 @@ def test_activation_checkpointing_keeps_the_unrolled_second_order_gradient():
     torch.testing.assert_close(loss_plain, loss_lean)
     for a, b in zip(grads_plain, grads_lean):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize(("space", "stride"), [("darts", 1), ("darts", 2), ("sharp_darts", 1), ("sharper_darts", 2)])
+def test_mixed_op_equals_the_weighted_sum_of_its_ops(space, stride, memory_format):
+    """The shared ReLU and the coefficient folded into the last BN compute sum_i coef_i * op_i(x) exactly.
+
+    channels-last matters: PyTorch's CPU batch-norm backward returns garbage for an expanded (stride-0)
+    weight in that layout, so the folded coefficient must be materialised.
+    """
+    import copy
+
+    from search_spaces.spaces import get_search_space
+
+    space_ = get_search_space(space)
+    torch.manual_seed(0)
+    edge = MixedOp(8, stride, space_.primitives, space_.op_set).to(memory_format=memory_format)
+    reference = copy.deepcopy(edge)
+    x = torch.randn(4, 8, 8, 8).contiguous(memory_format=memory_format).requires_grad_()
+    coefs = torch.softmax(torch.randn(len(space_.primitives)), 0).requires_grad_()
+    out = edge(x, coefs)
+    selected = coefs.index_select(0, reference.active)
+    expected = sum(c * op(x) for c, op in zip(selected, reference.ops))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, coefs, *edge.parameters()], grad)
+    want = torch.autograd.grad(expected, [x, coefs, *reference.parameters()], grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    for (name, a), (_, b) in zip(edge.named_buffers(), reference.named_buffers()):
+        torch.testing.assert_close(a, b, msg=name)
