@@ -212,8 +212,8 @@ def _digest(obj: Any, length: int) -> str:
 
 
 def _identity_config(config: Mapping[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
-    """The config without location fields (and without the top-level fields in ``drop``)."""
-    out = without_result_neutral_fields(dict(config), extra=_EVALUATION_ROOT)
+    """The config without result-neutral fields (and without the top-level fields in ``drop``)."""
+    out = without_result_neutral_fields(config, extra=_EVALUATION_ROOT)
     for key in drop:
         out.pop(key, None)
     return out

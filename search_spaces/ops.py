@@ -166,7 +166,7 @@ class DepthwiseConv2d(nn.Conv2d):
     batch), at stride ``d`` only component (0, 0) is needed (subsample, then convolve). The same products
     are summed, so results agree to float rounding. Other shapes, components smaller than the kernel, and
     other devices (not measured) use the native kernel. ``benchmarks/dilated_conv.py`` measures it against
-    ``nn.Conv2d`` (here: 0.26-0.45x the time at stride 1, 0.10-0.13x at stride 2).
+    ``nn.Conv2d`` (here: 0.26-0.45x the time at stride 1, 0.10-0.19x at stride 2).
     """
 
     def __init__(

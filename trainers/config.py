@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal, TypeVar
 
@@ -43,7 +44,7 @@ RESULT_NEUTRAL_FIELDS: tuple[tuple[str, ...], ...] = (
 )  # fmt: skip
 
 
-def without_result_neutral_fields(config: dict[str, Any], extra: tuple[tuple[str, ...], ...] = ()) -> dict[str, Any]:
+def without_result_neutral_fields(config: Mapping[str, Any], extra: tuple[tuple[str, ...], ...] = ()) -> dict[str, Any]:
     """A deep copy of a config dict without :data:`RESULT_NEUTRAL_FIELDS` (and the ``extra`` paths)."""
     out = copy.deepcopy(dict(config))
     for path in RESULT_NEUTRAL_FIELDS + extra:

@@ -32,7 +32,7 @@ class ResumeMismatchError(ValueError):
 
 
 def _comparable(config: dict[str, Any]) -> str:
-    """What must match between a checkpoint's config and the resuming one (not where data is read from)."""
+    """What must match between a checkpoint's config and the resuming one (not its result-neutral fields)."""
     return json.dumps(without_result_neutral_fields(config), sort_keys=True)
 
 
