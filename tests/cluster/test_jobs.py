@@ -4,10 +4,8 @@ DDP retrain whose worker node is killed mid-run resumes on the surviving node fr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,62 +14,26 @@ from pathlib import Path
 
 import pytest
 
+from cluster import local_cluster as lc
 from nas_service.results import ResultsStore
+from tests.helpers import free_port, tiny_ddp_spec, tiny_search_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration, pytest.mark.timeout(600)]
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _load_cluster_module():
-    spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "cluster" / "local_cluster.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("local_cluster", module)
-    spec.loader.exec_module(module)
-    return sys.modules["local_cluster"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-SPEC = """\
-name: jobs_tiny
-storage: {storage}
-data: {{dataset: digits}}
-resources: {{cpu: 1, gpu: 0}}
-stages:
-  - name: search
-    kind: cell_search
-    recipe: digits_search
-    overrides:
-      space: darts
-      epochs: 1
-      init_channels: 4
-      layers: 3
-      max_steps_per_epoch: 2
-      schedule: {{warmup_epochs: 0}}
-    seeds: [0, 1]
-"""
+def spec_text(storage: Path) -> str:
+    return tiny_search_spec("jobs_tiny", storage, seeds=[0, 1])
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    lc = _load_cluster_module()
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(home))
-        for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
-            mp.delenv(name, raising=False)
-        c = lc.LocalCluster(state_dir=tmp_path_factory.mktemp("cluster"), workers=2, head_cpus=1, worker_cpus=2,
-                            dashboard_port=_free_port(), token=True)  # fmt: skip
-        c.start()
-        try:
-            yield c
-        finally:
-            c.stop()
+def cluster(ray_home, tmp_path_factory):
+    c = lc.LocalCluster(state_dir=tmp_path_factory.mktemp("cluster"), workers=2, head_cpus=1, worker_cpus=2,
+                        dashboard_port=free_port(), token=True)  # fmt: skip
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
 
 
 def _cli(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -82,7 +44,7 @@ def _cli(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess
 
 def test_submitted_spec_completes_and_resubmission_reruns_nothing(cluster, tmp_path):
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.format(storage=tmp_path / "runs"))
+    spec.write_text(spec_text(tmp_path / "runs"))
     first = _cli(cluster, "submit", str(spec), "--address", cluster.dashboard_url, "--wait")
     assert "submitted nas-jobs_tiny-1" in first.stdout and "SUCCEEDED" in first.stdout, first.stdout + first.stderr
     store = ResultsStore(str(tmp_path / "runs"), "jobs_tiny")
@@ -104,28 +66,11 @@ def test_submitted_spec_completes_and_resubmission_reruns_nothing(cluster, tmp_p
 
 def test_local_storage_is_refused_for_a_remote_cluster(tmp_path):
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.format(storage=tmp_path / "runs"))
+    spec.write_text(spec_text(tmp_path / "runs"))
     result = subprocess.run([sys.executable, "-m", "nas_service.cli", "submit", str(spec), "--address",
                              "http://10.1.2.3:8265"], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2
     assert "storage" in result.stderr and "--shared-storage" in result.stderr
-
-
-DDP_SPEC = """\
-name: ddp_lost_node
-storage: {storage}
-data: {{dataset: digits}}
-retries: 2
-stages:
-  - name: retrain
-    kind: retrain
-    recipe: digits_retrain
-    genotypes: [DARTS_V2]
-    workers: 2
-    worker_retries: 2
-    overrides: {{epochs: 5, max_steps_per_epoch: 4, init_channels: 4, layers: 3, mid_channels: 4,
-                 drop_path_prob: 0.0}}
-"""
 
 
 def _train_worker_nodes(cluster) -> set[str]:
@@ -143,7 +88,8 @@ def test_a_lost_worker_node_leaves_the_ddp_retrain_to_resume_on_the_surviving_no
     epoch 1 is recorded, the node its workers run on is killed; the trial must finish on the other node,
     resuming from a checkpoint (not from scratch), with every epoch recorded exactly once."""
     spec = tmp_path / "spec.yaml"
-    spec.write_text(DDP_SPEC.format(storage=tmp_path / "runs"))
+    spec.write_text(tiny_ddp_spec("ddp_lost_node", tmp_path / "runs", genotypes=["DARTS_V2"], retries=2,
+                                  worker_retries=2, epochs=5, max_steps_per_epoch=4))  # fmt: skip
     env = {**os.environ, **cluster.client_env(), "RAY_USAGE_STATS_ENABLED": "0"}
     job = subprocess.Popen([sys.executable, "-m", "nas_service.cli", "submit", str(spec), "--address",
                             cluster.dashboard_url, "--wait"], env=env, stdout=subprocess.PIPE,

@@ -7,8 +7,6 @@ never reads or changes the machine's Ray token file and never touches other user
 
 from __future__ import annotations
 
-import importlib.util
-import ipaddress
 import json
 import os
 import re
@@ -24,27 +22,12 @@ from pathlib import Path
 
 import pytest
 
+from cluster import local_cluster as lc
+from tests.helpers import ROOT, free_port, is_loopback
+
 pytestmark = [pytest.mark.ray, pytest.mark.integration, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "cluster" / "local_cluster.py"
-
-
-def _load_module():
-    spec = importlib.util.spec_from_file_location("local_cluster", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("local_cluster", module)  # dataclasses need the module registered
-    spec.loader.exec_module(module)
-    return sys.modules["local_cluster"]
-
-
-lc = _load_module()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _http(method: str, url: str, token: str | None = None,
@@ -83,33 +66,8 @@ def _wait(predicate, timeout: float, what: str):
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
-def _is_loopback(ip: str) -> bool:
-    """127.0.0.0/8 or ::1, also IPv4-mapped (::ffff:127.0.0.1, as Ray's gRPC servers bind)."""
-    addr = ipaddress.ip_address(ip.split("%")[0])
-    mapped = getattr(addr, "ipv4_mapped", None)
-    return addr.is_loopback or (mapped is not None and mapped.is_loopback)
-
-
-def _token_file_fingerprint(home: Path) -> tuple | None:
-    path = home / ".ray" / "auth_token"
-    return (path.stat().st_mtime_ns, path.read_bytes()) if path.exists() else None
-
-
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    """An empty HOME for the module: Ray must not read or write a token file there (nor in the real one)."""
-    real = _token_file_fingerprint(Path.home())
-    path = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(path))
-        for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
-            mp.delenv(name, raising=False)
-        yield path
-    assert _token_file_fingerprint(Path.home()) == real, "the real ~/.ray/auth_token changed"
-
-
-@pytest.fixture(scope="module")
-def cluster(home, tmp_path_factory):
+def cluster(ray_home, tmp_path_factory):
     c = lc.LocalCluster(
         state_dir=tmp_path_factory.mktemp("cluster"),
         workers=1,
@@ -117,7 +75,7 @@ def cluster(home, tmp_path_factory):
         worker_cpus=1,
         head_resources={"head_node": 1},
         worker_resources={"worker_node": 1},
-        dashboard_port=_free_port(),
+        dashboard_port=free_port(),
         token=True,
     )
     c.start()
@@ -166,7 +124,7 @@ def test_commands_need_a_state_file(tmp_path):
                                                 ("192.0.2.2", False)]],
 )  # fmt: skip
 def test_loopback_check(ip, loopback):
-    assert _is_loopback(ip) is loopback
+    assert is_loopback(ip) is loopback
 
 
 def test_port_blocks_are_free_and_disjoint():
@@ -234,7 +192,7 @@ def test_a_job_runs_on_the_worker_and_every_listening_port_is_loopback(cluster):
             listeners += [(p.pid, p.name(), c.laddr) for c in conns
                           if c.status == "LISTEN"
                           or (c.type == socket.SOCK_DGRAM and not c.raddr)]  # fmt: skip
-        bad = [(pid, name, laddr) for pid, name, laddr in listeners if not _is_loopback(laddr.ip)]
+        bad = [(pid, name, laddr) for pid, name, laddr in listeners if not is_loopback(laddr.ip)]
         assert not bad, f"listeners outside loopback: {bad}"
         ports = {laddr.port for _, _, laddr in listeners}
         gcs_port = int(cluster.address.rsplit(":", 1)[1])
@@ -260,7 +218,7 @@ def test_jobs_api_requires_the_token(cluster, token, expected):
 
 @pytest.mark.parametrize("mode, refused", [pytest.param("disabled", True, id="no-token"),
                                           pytest.param("token", False, id="cluster-token")])  # fmt: skip
-def test_gcs_requires_the_token(cluster, home, mode, refused):
+def test_gcs_requires_the_token(cluster, ray_home, mode, refused):
     # A raw GCS client in a fresh process (Ray caches the auth mode per process).
     code = textwrap.dedent(f"""
         from ray._raylet import GcsClient
@@ -278,12 +236,13 @@ def test_gcs_requires_the_token(cluster, home, mode, refused):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     out = proc.stdout
     assert out.startswith("REFUSED" if refused else "OK"), out
-    assert not (home / ".ray" / "auth_token").exists()  # nothing fell back to, or wrote, HOME's token file
+    assert not (ray_home / ".ray" / "auth_token").exists()  # nothing fell back to, or wrote, its token file
 
 
 def test_start_refuses_a_state_dir_with_a_running_cluster(cluster):
     with pytest.raises(lc.ClusterStateError, match="already running"):
-        lc.start_cluster(lc.LocalClusterConfig(state_dir=cluster.config.state_dir, dashboard_port=_free_port()))
+        lc.start_cluster(lc.LocalClusterConfig(state_dir=cluster.config.state_dir,
+                                               dashboard_port=free_port()))  # fmt: skip
     assert lc.load_state(cluster.config.state_dir)["status"] == "ready"  # untouched
 
 

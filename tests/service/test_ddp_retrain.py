@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,12 +29,11 @@ from nas_service.ray_runtime.train import (
     run_ddp_retrain,
     shard_loader,
 )
+from tests.helpers import ROOT, free_port
 from trainers.config import get_recipe, with_overrides
 from trainers.data import make_loader
 from trainers.engine import Hooks
 from trainers.retrain import run_retrain
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Indices(Dataset):
@@ -128,15 +125,9 @@ dist.destroy_process_group()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_distributed_batchnorm_on_two_gloo_workers_is_batchnorm_of_the_global_batch(tmp_path):
-    port = str(_free_port())
+    port = str(free_port())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", _BN_WORKER, str(r), port, str(tmp_path / f"{r}.json")],
                               env=env, stderr=subprocess.PIPE, text=True) for r in range(2)]  # fmt: skip

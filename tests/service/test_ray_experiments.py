@@ -6,7 +6,6 @@ folder, so a test can SIGKILL the whole driver tree and never touches the machin
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import signal
@@ -19,34 +18,21 @@ import pytest
 
 from nas_service.ray_runtime.train import WORKER_FAULT_ENV
 from nas_service.results import ResultsStore
+from tests.helpers import is_loopback, tiny_ddp_spec, tiny_search_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration, pytest.mark.timeout(600)]
 
 EPOCHS = 2
-SPEC = """\
-name: tiny
-storage: {storage}
-data: {{dataset: digits}}
-resources: {{cpu: 1, gpu: 0}}
-retries: {retries}
-stages:
-  - name: search
-    kind: cell_search
-    recipe: digits_search
-    overrides:
-      space: darts
-      epochs: {epochs}
-      init_channels: 4
-      layers: 3
-      max_steps_per_epoch: 3
-      schedule: {{warmup_epochs: 0}}
-    seeds: [0, 1, 2]
-"""
+
+
+def spec_text(tmp_path: Path, *, retries: int = 2, epochs: int = EPOCHS) -> str:
+    return tiny_search_spec("tiny", tmp_path / "runs", retries=retries, epochs=epochs, max_steps_per_epoch=3,
+                            seeds=[0, 1, 2])  # fmt: skip
 
 
 def write_spec(tmp_path: Path, *, retries: int = 2, extra: str = "") -> Path:
     path = tmp_path / "spec.yaml"
-    path.write_text(SPEC.format(storage=tmp_path / "runs", retries=retries, epochs=EPOCHS) + extra)
+    path.write_text(spec_text(tmp_path, retries=retries) + extra)
     return path
 
 
@@ -224,7 +210,7 @@ def test_a_diverging_trial_is_recorded_and_not_retried(tmp_path):
 )
 def test_invalid_spec_fails_before_ray_starts(tmp_path, edit, field):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(SPEC.format(storage=tmp_path / "runs", retries=1, epochs=1).replace(*edit))
+    bad.write_text(spec_text(tmp_path, retries=1, epochs=1).replace(*edit))
     start = time.time()
     result = subprocess.run([sys.executable, "-m", "nas_service.cli", "run", str(bad)], env=cli_env(tmp_path),
                             capture_output=True, text=True)  # fmt: skip
@@ -254,26 +240,7 @@ def test_every_port_of_the_local_ray_instance_is_on_loopback(tmp_path):
     listening = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(listening) >= 3  # GCS, raylet, object manager at least
     for ip, port, pid in listening:
-        address = ipaddress.ip_address(ip)
-        address = getattr(address, "ipv4_mapped", None) or address  # ::ffff:127.0.0.1 is IPv4 loopback
-        assert address.is_loopback, f"pid {pid} listens on {ip}:{port}"
-
-
-DDP_SPEC = """\
-name: ddp
-storage: {storage}
-data: {{dataset: digits}}
-retries: 1
-stages:
-  - name: retrain
-    kind: retrain
-    recipe: digits_retrain
-    genotypes: [DARTS_V2, SHARPSEPCONV_DARTS]
-    workers: 2
-    worker_retries: 1
-    overrides: {{epochs: 2, max_steps_per_epoch: 3, init_channels: 4, layers: 3, mid_channels: 4,
-                 drop_path_prob: 0.0}}
-"""
+        assert is_loopback(ip), f"pid {pid} listens on {ip}:{port}"  # ::ffff:127.0.0.1 is IPv4 loopback
 
 
 def test_ddp_retrains_run_one_after_another_and_a_lost_worker_resumes_from_its_checkpoint(tmp_path):
@@ -281,7 +248,8 @@ def test_ddp_retrains_run_one_after_another_and_a_lost_worker_resumes_from_its_c
     workers the rest, so the trials run in turn instead of waiting on each other. Rank 1 of the first
     trial to train is SIGKILLed in epoch 2: its worker group restarts from epoch 1's checkpoint."""
     spec = tmp_path / "spec.yaml"
-    spec.write_text(DDP_SPEC.format(storage=tmp_path / "runs"))
+    spec.write_text(tiny_ddp_spec("ddp", tmp_path / "runs", genotypes=["DARTS_V2", "SHARPSEPCONV_DARTS"],
+                                  retries=1, worker_retries=1, epochs=2, max_steps_per_epoch=3))  # fmt: skip
     marker = tmp_path / "killed"
     fault = json.dumps({"rank": 1, "epoch": 2, "step": 1, "marker": str(marker)})
     code, out = finish(start_run(spec, cli_env(tmp_path, **{WORKER_FAULT_ENV: fault})), timeout=500)
