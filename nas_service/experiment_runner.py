@@ -6,6 +6,7 @@ report still-running trials as terminated (ray-notes.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import sys
@@ -13,12 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .planner import Plan, Trial, UpstreamResult, max_concurrent_trials, plan
+from . import ray_runtime
+from .planner import Plan, max_concurrent_trials, plan
 from .results import ResultsStore
 from .spec import ExperimentSpec
-from .trial_runner import record_stopped_early
+from .stage_kinds import STAGE_KINDS
+from .trial_lifecycle import DONE_STATUSES, record_stopped_early
+from .trials import Trial, UpstreamResult
 
-__all__ = ["RunOutcome", "StageScheduling", "stage_scheduling", "run_experiment", "upstream_from_store", "EXIT_INTERRUPTED", "EXIT_FAILED"]
+__all__ = ["RunOutcome", "StageScheduling", "stage_scheduling", "run_experiment", "upstream_from_store",
+           "EXIT_INTERRUPTED", "EXIT_FAILED"]
 
 EXIT_INTERRUPTED = 130
 EXIT_FAILED = 1
@@ -49,13 +54,14 @@ def upstream_from_store(store: ResultsStore) -> Callable[[str], list[UpstreamRes
             return []
         out = []
         for _, row in frame[frame["stage"] == stage].iterrows():
-            if row["status"] not in ("finished", "diverged"):
+            if row["status"] not in DONE_STATUSES:
                 continue
             raw = row.get("extra.summary_json")
-            if row["status"] == "finished" and isinstance(raw, str):
+            kind = STAGE_KINDS.get(row["stage_kind"])
+            if row["status"] == "finished" and isinstance(raw, str) and kind.upstream is not None:
                 summary = json.loads(raw)
                 summary["history"] = summary.pop("history_tail", [])
-                out.append(UpstreamResult.from_summary(row["trial_id"], summary, status="finished"))
+                out.append(kind.upstream(row["trial_id"], summary))
             else:
                 config = json.loads(row["config_json"]) if isinstance(row.get("config_json"), str) else {}
                 out.append(UpstreamResult(row["trial_id"], int(row["seed"]), config, status=row["status"]))
@@ -68,18 +74,7 @@ def _stage_done_count(store: ResultsStore, stage: str) -> int:
     frame = store.trials()
     if frame.empty:
         return 0
-    return int(((frame["stage"] == stage) & frame["status"].isin(["finished", "diverged"])).sum())
-
-
-def trial_payload(trial: Trial, ddp: dict[str, Any] | None = None) -> Any:
-    """The plain-data form of a planned trial that Ray ships to the Tune trial (``ddp``: see TrialPayload)."""
-    from .ray_runtime import TrialPayload
-
-    return TrialPayload(
-        trial_id=trial.trial_id, stage=trial.stage, kind=trial.kind, config=trial.config, seed=trial.seed,
-        arm=trial.arm.arm_id, arm_label=trial.arm.label, lineage_trial_id=trial.lineage.parent,
-        lineage_stage=trial.lineage.parent_stage, lineage_source=trial.lineage.source, ddp=ddp,
-    )  # fmt: skip
+    return int(((frame["stage"] == stage) & frame["status"].isin(DONE_STATUSES)).sum())
 
 
 @dataclass(frozen=True)
@@ -89,7 +84,7 @@ class StageScheduling:
     Attributes:
         per_trial: what each Tune trial holds (``{"cpu", "gpu"}``).
         concurrency: trials at once.
-        ddp: the DDP settings each trial's payload carries (None: trials train in-process).
+        ddp: the DDP settings each trial carries (``Trial.ddp``; None: trials train in-process).
         note: a line for the user (how many at once and why), or a warning.
     """
 
@@ -109,7 +104,7 @@ def stage_scheduling(spec: ExperimentSpec, stage: Any, cluster: dict[str, float]
     """
     cpus, gpus = cluster.get("CPU", 1), cluster.get("GPU", 0)
     workers = getattr(stage, "workers", 1)
-    if stage.kind != "retrain" or workers < 2:
+    if workers < 2:
         per_trial = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
         return StageScheduling(per_trial, max_concurrent_trials(per_trial, cpus, gpus))
     from .ray_runtime.train import ddp_trial_resources
@@ -128,11 +123,11 @@ def stage_scheduling(spec: ExperimentSpec, stage: Any, cluster: dict[str, float]
     return StageScheduling({"cpu": driver["cpu"], "gpu": 0.0}, concurrency, ddp, note)
 
 
-def _epoch_line(payload: Any, result: dict[str, Any]) -> str:
+def _epoch_line(trial: Trial, result: dict[str, Any]) -> str:
     keys = [k for k in ("train_loss", "valid_acc", "valid_top1", "test_top1") if k in result]
     parts = " ".join(f"{k} {result[k]:.4f}" for k in keys)
-    epochs = payload.config.get("epochs", "?")
-    return f"[{payload.stage}] {payload.trial_id} {payload.arm_label or ''} seed {payload.seed}: epoch " \
+    epochs = trial.config.get("epochs", "?")
+    return f"[{trial.stage}] {trial.trial_id} {trial.arm.label or ''} seed {trial.seed}: epoch " \
            f"{int(result['epoch'])}/{epochs} {parts}".replace("  ", " ")  # fmt: skip
 
 
@@ -145,10 +140,8 @@ def run_experiment(
     out: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> RunOutcome:
     """Runs (or resumes) every stage of ``spec``; returns how it ended."""
-    from . import ray_runtime
-    from .evaluation import run_evaluate_stage
-
-    store = ResultsStore(spec.storage, spec.name)
+    location = spec.location
+    store = ResultsStore.of(location)
     ddp_stages = any(getattr(stage, "workers", 1) > 1 for stage in spec.stages)
     resources = ray_runtime.start_ray(address, num_cpus=num_cpus, dashboard=ddp_stages)
     per_trial = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
@@ -168,8 +161,9 @@ def run_experiment(
         trials = list(stage_plan.trials)
         done = store.finished_trial_ids()
         out(f"[{stage.name}] {stage.kind}: {len(trials)} trials, {len(done & {t.trial_id for t in trials})} done")
-        if stage.kind == "evaluate":
-            run_evaluate_stage(trials, store=store, storage=spec.storage, experiment=spec.name, out=out)
+        kind = STAGE_KINDS.get(stage.kind)
+        if kind.run_in_driver is not None:
+            kind.run_in_driver(trials, location, out)
             continue
         asha = None
         if stage_plan.asha is not None:
@@ -180,7 +174,7 @@ def run_experiment(
         if scheduling.note:
             out(f"[{stage.name}] {scheduling.note}")
         common = dict(
-            storage=spec.storage, experiment=spec.name, stage=stage.name, resources=scheduling.per_trial,
+            location=location, stage=stage.name, resources=scheduling.per_trial,
             retries=spec.retries, max_concurrent=scheduling.concurrency, asha=asha,
             on_epoch=lambda p, r: out(_epoch_line(p, r)),
             on_error=lambda p, e: out(f"[{p.stage}] {p.trial_id} failed; retrying from its checkpoint if allowed"),
@@ -192,12 +186,12 @@ def run_experiment(
             )  # fmt: skip
         else:
             result = ray_runtime.run_trials(
-                payloads=[trial_payload(t, scheduling.ddp) for t in trials], is_done=store.finished_trial_ids,
+                trials=[dataclasses.replace(t, ddp=scheduling.ddp) for t in trials], is_done=store.finished_trial_ids,
                 **common,
             )  # fmt: skip
-        for payload in result.stopped_early.values():
-            if record_stopped_early(store, payload):
-                out(f"[{stage.name}] {payload.trial_id} stopped early by ASHA (recorded with its epochs so far)")
+        for trial in result.stopped_early.values():
+            if record_stopped_early(store, trial):
+                out(f"[{stage.name}] {trial.trial_id} stopped early by ASHA (recorded with its epochs so far)")
         for trial_id, error in result.errored.items():
             out(f"[{stage.name}] {trial_id} errored: {error}")
         outcome.errored.update(result.errored)

@@ -12,15 +12,19 @@ from typing import Any
 
 import pandas as pd
 
+from .stage_kinds import STAGE_KINDS
+
 __all__ = ["arm_table", "format_report", "status_table"]
 
-# The selection and headline metrics of each stage kind, as columns of the trials table.
-_METRICS = {
-    "cell_search": ("best.valid_acc", None),
-    "hypercuboid_search": ("best.valid_acc", None),
-    "retrain": ("best.valid_top1", "best.test_top1"),
-    "grid": ("best.valid_top1", "best.test_top1"),
-}
+
+
+def _metrics(kind: str) -> tuple[str | None, str | None]:
+    """The selection and headline metrics (trials-table columns) of a stage kind; none for a kind that is
+    not registered here (a store written by a newer version)."""
+    if kind not in STAGE_KINDS:
+        return None, None
+    entry = STAGE_KINDS.get(kind)
+    return entry.select_metric, entry.headline_metric
 
 
 def _mean_std(values: pd.Series) -> tuple[float, float]:
@@ -41,7 +45,7 @@ def arm_table(trials: pd.DataFrame) -> pd.DataFrame:
     trials = trials.sort_values("finished_at", kind="stable")
     for (stage, arm), group in trials.groupby(["stage", "arm"], sort=False):
         kind = group["stage_kind"].iloc[0]
-        select, headline = _METRICS.get(kind, (None, None))
+        select, headline = _metrics(kind)
         finished = group[group["status"] == "finished"]
         label = group.get("extra.arm_label", pd.Series([""])).iloc[0] or ""
         row: dict[str, Any] = {

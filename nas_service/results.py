@@ -51,6 +51,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .location import ExperimentLocation, is_uri
+
 __all__ = [
     "EXPORT_FORMATS",
     "RESULTS_SCHEMA_VERSION",
@@ -192,7 +194,7 @@ def resolve_location(location: str | os.PathLike[str]) -> tuple[pafs.FileSystem,
     text = os.fspath(location)
     if not text:
         raise ResultsError("storage location must be a non-empty path or URI, got ''")
-    if "://" in text:
+    if is_uri(text):
         try:
             fs, path = pafs.FileSystem.from_uri(text)
         except (pa.ArrowInvalid, ValueError) as err:
@@ -608,6 +610,11 @@ class ResultsStore:
         self.root = _join(base, experiment, "results") if base else _join(experiment, "results")
         self._atomic_rename = _supports_atomic_rename(self.filesystem)
         self._made_dirs: set[str] = set()
+
+    @classmethod
+    def of(cls, location: ExperimentLocation) -> ResultsStore:
+        """The store of an experiment's :class:`~nas_service.location.ExperimentLocation`."""
+        return cls(location.storage, location.name)
 
     @classmethod
     def from_experiment_path(cls, path: str | os.PathLike[str]) -> ResultsStore:

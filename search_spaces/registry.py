@@ -41,6 +41,11 @@ class Registry(Generic[T]):
         self._items[name] = obj
         return obj
 
+    def unregister(self, name: str) -> None:
+        """Removes ``name`` (a test that registers a plug-in of its own takes it away again)."""
+        self.get(name)
+        del self._items[name]
+
     def decorator(self, name: str) -> Callable[[T], T]:
         """``@registry.decorator("name")`` registers the decorated object."""
 

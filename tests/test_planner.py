@@ -371,17 +371,19 @@ def test_retraining_a_path_clears_the_recipes_genotype() -> None:
         assert t.lineage.source == f"dhgs/{t.lineage.parent}:best"
 
 
-def test_from_summary_reads_the_trainers_summaries() -> None:
+def test_each_stage_kind_reads_its_trainers_summary_into_an_upstream_result() -> None:
+    from nas_service.stage_kinds import get_stage_kind
+
     g, h = GENOTYPES[0], GENOTYPES[1]
     search = {"kind": "cell_search", "config": {"seed": 3, "space": "sharp_darts"}, "best_genotype": g,
               "last_genotype": h, "best_genotype_no_hack": h, "best_valid_acc": 0.7,
               "history": [{"genotype_no_hack": g}]}  # fmt: skip
-    r = UpstreamResult.from_summary("abc", search)
+    r = get_stage_kind("cell_search").upstream("abc", search)
     assert (r.seed, r.best, r.last, r.best_no_hack, r.last_no_hack, r.score) == (3, g, h, h, g, 0.7)
     path = resolve_path("MULTI_CHANNEL_HANDMADE_PATH").to_dict()
     retrain = {"kind": "retrain", "config": {"seed": 1}, "spec": {"model": "path", "path": path},
                "best_valid_top1": None, "test_top1_at_best": 0.5}  # fmt: skip
-    r = UpstreamResult.from_summary("def", retrain)
+    r = get_stage_kind("retrain").upstream("def", retrain)
     assert (r.best, r.last, r.score) == (path, path, 0.5)
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import random
 import re
+import shutil
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
@@ -567,3 +568,40 @@ def write_epoch_checkpoint(
         for stale in older[: max(0, len(older) - (keep_last - 1))]:
             stale.unlink(missing_ok=True)
     return path
+
+
+def copy_run_files(source: str | os.PathLike[str], workdir: str | os.PathLike[str], *, only_if_newer: bool = False) -> int:
+    """Copies the newest ``epoch_XXXX.pt`` (into ``workdir/checkpoints/``) and ``best.pt`` of ``source``.
+
+    ``source`` is a folder laid out flat (a Ray checkpoint's directory). The epoch file lands under a
+    temp name and is renamed, so a kill never leaves half a checkpoint. With ``only_if_newer`` nothing is
+    copied unless ``source``'s epoch is newer than the newest one already in ``workdir``.
+
+    Returns:
+        the epoch of the copied file, or 0 when nothing was copied.
+    """
+    latest = list_epoch_checkpoints(source)
+    if not latest:
+        return 0
+    epoch, path = latest[-1]
+    target = Path(workdir) / "checkpoints"
+    have = list_epoch_checkpoints(target)
+    if only_if_newer and have and have[-1][0] >= epoch:
+        return 0
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = target / f".{path.name}.tmp"
+    shutil.copy2(path, tmp)
+    os.replace(tmp, target / path.name)
+    if (Path(source) / "best.pt").exists():
+        shutil.copy2(Path(source) / "best.pt", Path(workdir) / "best.pt")
+    return epoch
+
+
+def stage_run_files(checkpoint: str | os.PathLike[str], workdir: str | os.PathLike[str], into: str | os.PathLike[str]) -> Path:
+    """Lays out one epoch file and the run's ``best.pt`` flat in ``into`` (what a Ray checkpoint holds)."""
+    folder = Path(into)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(checkpoint, folder / Path(checkpoint).name)
+    if (Path(workdir) / "best.pt").exists():
+        shutil.copy2(Path(workdir) / "best.pt", folder / "best.pt")
+    return folder

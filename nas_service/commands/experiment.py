@@ -45,6 +45,7 @@ def _load(spec_path: str, storage: str | None):
     import os
     from pathlib import Path
 
+    from nas_service.location import resolve_storage
     from nas_service.spec import load_spec
 
     if spec_path.startswith("env:"):
@@ -55,15 +56,14 @@ def _load(spec_path: str, storage: str | None):
     else:
         spec = load_spec(spec_path)
     if storage:
-        resolved = storage if "://" in storage else str(Path(storage).resolve())
-        spec = spec.model_copy(update={"storage": resolved})
+        spec = spec.model_copy(update={"storage": resolve_storage(storage)})
     return spec
 
 
 def _run(args: argparse.Namespace) -> int:
     from nas_service.report import format_report
     from nas_service.results import ResultsStore
-    from nas_service.runner import EXIT_INTERRUPTED, run_experiment
+    from nas_service.experiment_runner import EXIT_INTERRUPTED, run_experiment
 
     spec = _load(args.spec, args.storage)  # invalid specs fail here, before Ray starts
     resume = f"nas-service run {args.spec}" + (f" --storage {args.storage}" if args.storage else "")
@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from nas_service.planner import describe_plan, plan
     from nas_service.results import ResultsStore
-    from nas_service.runner import upstream_from_store
+    from nas_service.experiment_runner import upstream_from_store
 
     spec = _load(args.spec, args.storage)
     store = ResultsStore(spec.storage, spec.name)

@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def check_storage_for_cluster(storage: str, address: str, shared: bool) -> None:
     """Cluster runs need storage every node reaches: a URI, a declared shared mount, or a one-host cluster."""
-    if "://" in storage and not storage.startswith("file://"):
+    from nas_service.location import is_remote
+
+    if is_remote(storage):
         return
     host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
     if shared or host in _LOCAL_HOSTS:

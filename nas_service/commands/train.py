@@ -72,10 +72,10 @@ def _recipes(args: argparse.Namespace) -> int:
 
 def run_config(config: Any, workdir: str, device: str, log: Any) -> dict[str, Any]:
     """Runs a training-engine config of any kind in this process."""
-    from nas_service.trial_runner import run_training
     from trainers.engine import Hooks
+    from trainers.run import run_config as run_in_process
 
-    return run_training(config, workdir=workdir, hooks=Hooks(log=log), device=device)
+    return run_in_process(config, workdir=workdir, hooks=Hooks(log=log), device=device)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nas_service.planner import Plan, StagePlan, plan
-from nas_service.spec import ExperimentSpec, SpecError, is_uri, load_spec
+from nas_service.spec import ExperimentSpec, SpecError, load_spec
 
 
 def register(subparsers: Any) -> None:
@@ -59,8 +59,8 @@ def _counts(stage_spec: Any, stage: StagePlan) -> str:
     seeds = getattr(stage_spec, "seeds", None)
     if seeds is not None:
         parts.append(f"seeds x {len(seeds)}")
-    if stage.kind in ("retrain", "grid"):
-        archs = len({(t.config.get("genotype"), t.config.get("path")) for t in stage.trials})
+    archs = len({(t.config.get("genotype"), t.config.get("path")) for t in stage.trials} - {(None, None)})
+    if archs:
         parts.insert(0, f"{archs} architecture{'s' if archs != 1 else ''}")
     return f"{len(stage.trials)}" + (f" ({', '.join(parts)})" if parts else "")
 
@@ -75,10 +75,7 @@ def _ddp(stage_spec: Any) -> str:
 
 def summarize(spec: ExperimentSpec, the_plan: Plan, *, source: str = "") -> str:
     """A short description of a valid spec: where results go, and each stage with its trial count."""
-    if is_uri(spec.storage):
-        root = spec.storage.rstrip("/") + "/" + spec.name
-    else:
-        root = str(Path(spec.storage) / spec.name)
+    root = spec.location.root
     res = spec.resources
     lines = [
         f"experiment {spec.name}" + (f" ({source})" if source else ""),

@@ -4,15 +4,8 @@ Ray's reporting and checkpoint APIs changed several times across 2.x; keeping ev
 Ray upgrade touches one file. The rest of the service calls plain functions: :func:`start_ray`,
 :func:`run_trials`, :func:`shutdown_ray`.
 
-Layout of one experiment's storage (a local folder or a URI pyarrow understands)::
-
-    <storage>/<experiment>/results/          Parquet tables (nas_service.results)
-    <storage>/<experiment>/tune/<stage>-<h>/ one Ray Tune experiment per stage and trial set
-    <storage>/<experiment>/trials/<id>/      a trial's own checkpoints (local storage only)
-    <storage>/<experiment>/ddp/<run>/         Ray Train's checkpoints of a DDP retrain trial
-
-A trial resumes from the newest checkpoint it can find: its own folder (local storage), or the Tune
-checkpoint Ray hands back after ``Tuner.restore`` / a retry (any storage).
+The experiment's folders are :class:`nas_service.location.ExperimentLocation`'s; one trial's life is
+:func:`nas_service.trial_lifecycle.run_trial`, which the trainables here adapt to Tune.
 """
 
 from __future__ import annotations
@@ -23,11 +16,17 @@ import logging
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from trainers.checkpoints import copy_run_files, stage_run_files
+
+from ..location import ExperimentLocation
+from ..stage_kinds import STAGE_KINDS, StageKind
+from ..trial_lifecycle import run_trial
+from ..trials import Trial
 
 __all__ = [
     "RAY_ENVIRONMENT",
@@ -35,10 +34,9 @@ __all__ = [
     "start_ray",
     "shutdown_ray",
     "cluster_resources",
-    "TrialPayload",
     "StageOutcome",
     "run_trials",
-    "FAULT_INJECTION_ENV",
+    "run_optuna_trials",
 ]
 
 # Settings every Ray process of ours needs; set before Ray starts so workers inherit them.
@@ -58,11 +56,6 @@ RAY_ENVIRONMENT = {
     # an interrupted trial from one that ended; the experiment state on disk resumes either way.
     "TUNE_DISABLE_SIGINT_HANDLER": "1",
 }
-
-# Test instrumentation: JSON {"trial_id": ..., "epoch": N, "marker": FILE}. The named trial raises once,
-# right after reporting epoch N (the marker file records that it did), so tests can check retries.
-FAULT_INJECTION_ENV = "NAS_SERVICE_INJECT_FAULT"
-
 
 def configure_environment() -> None:
     """Applies :data:`RAY_ENVIRONMENT` (without overriding what the user set)."""
@@ -118,25 +111,6 @@ def shutdown_ray() -> None:
         ray.shutdown()
 
 
-@dataclass(frozen=True)
-class TrialPayload:
-    """What a Tune trial needs to run one planned trial (plain data, so Ray can ship it)."""
-
-    trial_id: str
-    stage: str
-    kind: str
-    config: dict[str, Any]
-    seed: int
-    arm: str
-    arm_label: str
-    lineage_trial_id: str | None
-    lineage_stage: str | None
-    lineage_source: str
-    # A DDP retrain: {"workers": n, "resources_per_worker": {"CPU": c, "GPU": g}, "retries": r,
-    # "sync_batchnorm": b}; None trains in the Tune trial's own process.
-    ddp: dict[str, Any] | None = None
-
-
 @dataclass
 class StageOutcome:
     """What one call of :func:`run_trials` achieved, judged from our own results store."""
@@ -145,175 +119,84 @@ class StageOutcome:
     errored: dict[str, str]
     pending: set[str]
     interrupted: bool
-    stopped_early: dict[str, TrialPayload] = field(default_factory=dict)
+    stopped_early: dict[str, Trial] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The trainable
 
 
-def _local_workdir(storage: str, experiment: str, trial_id: str) -> Path:
-    """The trial's own folder on a local storage; scratch space for URI storage."""
-    if "://" not in storage or storage.startswith("file://"):
-        base = storage[len("file://") :] if storage.startswith("file://") else storage
-        return Path(base) / experiment / "trials" / trial_id
-    return Path(tempfile.gettempdir()) / "nas-service" / experiment / "trials" / trial_id
+class _TuneEdge:
+    """How a trial's lifecycle talks to Tune: reports, Tune's checkpoints, DDP on Ray Train."""
 
+    def __init__(self, location: ExperimentLocation) -> None:
+        self.location = location
 
-def _epoch_of(path: Path) -> int:
-    return int(path.stem.split("_")[-1])
+    def restore(self, workdir: Path) -> None:
+        from ray import tune
 
-
-def _restore_tune_checkpoint(workdir: Path) -> None:
-    """Copies the checkpoint Tune hands back into the trial folder when it is newer than what is there."""
-    from ray import tune
-
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return
-    ckpt_dir = workdir / "checkpoints"
-    have = max((_epoch_of(p) for p in ckpt_dir.glob("epoch_*.pt")), default=0)
-    with checkpoint.as_directory() as folder:
-        files = sorted(Path(folder).glob("epoch_*.pt"))
-        if files and _epoch_of(files[-1]) > have:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(files[-1], ckpt_dir / files[-1].name)
-            if (Path(folder) / "best.pt").exists():
-                shutil.copy2(Path(folder) / "best.pt", workdir / "best.pt")
-
-
-def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _maybe_inject_fault(trial_id: str, epoch: int) -> None:
-    raw = os.environ.get(FAULT_INJECTION_ENV)
-    if not raw:
-        return
-    fault = json.loads(raw)
-    marker = Path(fault["marker"])
-    if fault["trial_id"] == trial_id and fault["epoch"] == epoch and not marker.exists():
-        marker.write_text(f"injected after epoch {epoch}\n")
-        raise RuntimeError(f"injected fault in trial {trial_id} after epoch {epoch} ({FAULT_INJECTION_ENV})")
-
-
-def _trial_trainable(param: dict[str, Any], *, payloads: dict[str, TrialPayload], storage: str,
-                     experiment: str) -> None:  # fmt: skip
-    """A Tune trial of a planned trial (``param["trial_id"]`` names it)."""
-    _run_payload(payloads[param["trial_id"]], storage=storage, experiment=experiment)
-
-
-def _optuna_trainable(param: dict[str, Any], *, optuna_plan: Any, storage: str, experiment: str) -> None:
-    """A Tune trial of an Optuna suggestion: the suggested path becomes a planned trial, then runs."""
-    from ..runner import trial_payload
-
-    _run_payload(trial_payload(optuna_plan.trial(param)), storage=storage, experiment=experiment)
-
-
-def _run_payload(trial: TrialPayload, *, storage: str, experiment: str) -> None:
-    """Runs one trial through the training engine inside a Tune trial; records every epoch and the end."""
-    from ray import tune
-
-    from nas_service.results import ResultsStore
-    from trainers.config import config_from_dict
-    from trainers.engine import DivergedError, Hooks
-
-    from ..trial_runner import run_training, summary_row
-
-    logging.getLogger("ray").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
-    store = ResultsStore(storage, experiment)
-    previous = store.trials(trial_ids=[trial.trial_id])
-    if not previous.empty and previous["status"].iloc[0] in ("finished", "diverged"):
-        # Done before (a crash Tune did not get to record, or Optuna suggesting the same path again):
-        # nothing is repeated; the searcher still hears the result.
-        tune.report({k[5:]: v for k, v in previous.iloc[0].items() if k.startswith("best.") and _is_number(v)})
-        return
-    workdir = _local_workdir(storage, experiment, trial.trial_id)
-    workdir.mkdir(parents=True, exist_ok=True)
-    _restore_tune_checkpoint(workdir)
-    have = sorted((workdir / "checkpoints").glob("epoch_*.pt"))
-    # The attempt is the epoch this run starts from: a later start has a higher number, and two starts
-    # from the same checkpoint write identical rows (resume is exact), so readers dedup safely.
-    attempt = _epoch_of(have[-1]) if have else 0
-    config = config_from_dict(trial.config)
-    started = time.time()
-    cpu_started = time.process_time()
-
-    def report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
-        store.write_epoch(trial.trial_id, attempt, {"stage": trial.stage, "seed": trial.seed, **metrics})
-        tune_checkpoint = None
-        staging = None
+        checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
-            staging = Path(tempfile.mkdtemp(prefix="nas-ckpt-"))
-            shutil.copy2(checkpoint, staging / checkpoint.name)
-            if (workdir / "best.pt").exists():
-                shutil.copy2(workdir / "best.pt", staging / "best.pt")
-            tune_checkpoint = tune.Checkpoint.from_directory(str(staging))
-        tune.report(_scalar_metrics(metrics), checkpoint=tune_checkpoint)
-        if staging is not None:
+            with checkpoint.as_directory() as folder:
+                copy_run_files(folder, workdir, only_if_newer=True)
+
+    def report(self, metrics: Mapping[str, Any], checkpoint: Path | None, workdir: Path) -> None:
+        from ray import tune
+
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if checkpoint is None:
+            tune.report(scalars)
+            return
+        staging = Path(tempfile.mkdtemp(prefix="nas-ckpt-"))
+        try:
+            stage_run_files(checkpoint, workdir, staging)
+            tune.report(scalars, checkpoint=tune.Checkpoint.from_directory(str(staging)))
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
-        _maybe_inject_fault(trial.trial_id, int(metrics["epoch"]))
 
-    def restarted_from(epoch: int) -> None:  # a DDP worker group (re)started from this epoch's checkpoint
-        nonlocal attempt
-        attempt = epoch
+    def run_ddp(self, trial: Trial, workdir: Path, report: Callable[..., None],
+                on_start: Callable[[int], None]) -> dict[str, Any]:  # fmt: skip
+        """A retrain trial as a DDP run on Ray Train, driven from this Tune trial (see ``train.py``).
 
-    try:
-        if trial.ddp is not None:
-            summary = _run_ddp(trial, config, storage=storage, experiment=experiment, workdir=workdir,
-                               report=report, on_start=restarted_from)  # fmt: skip
-        else:
-            summary = run_training(config, workdir=workdir, hooks=Hooks(report=report, log=lambda line: None))
-    except DivergedError as err:
-        store.write_trial(trial.trial_id, attempt, summary_row(
-            trial, None, status="diverged", error=str(err), wall=time.time() - started,
-            cpu=time.process_time() - cpu_started))  # fmt: skip
-        tune.report({"diverged": 1})
-        return
-    _backfill_epochs(store, trial, attempt, summary.get("history") or [])
-    store.write_trial(trial.trial_id, attempt, summary_row(
-        trial, summary, status="finished", wall=time.time() - started, cpu=time.process_time() - cpu_started))  # fmt: skip
-    if not summary.get("history") or summary["epochs_run"] == 0:
-        tune.report({"done": 1})
+        The run's name and storage derive from the trial, so a retried or resumed trial continues the same
+        Ray Train run from its last checkpoint; a lost worker or node restarts the worker group from there.
+        """
+        from trainers.config import config_from_dict
 
+        from .train import ddp_run_name, ddp_trial_resources, run_ddp_retrain
 
-def _backfill_epochs(store: Any, trial: TrialPayload, attempt: int, history: list[dict[str, Any]]) -> None:
-    """Writes the epoch rows that a kill left out, before the trial row says the trial is done.
-
-    An epoch is resumable once its checkpoint exists; its row is written after that. A kill in between
-    (of this process, or of a DDP driver whose rank 0 had already committed the epoch) resumes after the
-    epoch without writing its row. The finished run's history has every epoch, so none is lost.
-    """
-    frame = store.epochs(trial_ids=[trial.trial_id])
-    have = set() if frame.empty else {int(e) for e in frame["epoch"]}
-    for metrics in history:
-        if "epoch" in metrics and int(metrics["epoch"]) not in have:
-            store.write_epoch(trial.trial_id, attempt, {"stage": trial.stage, "seed": trial.seed, **metrics})
+        ddp = dict(trial.ddp or {})
+        workers = int(ddp["workers"])
+        _, per_worker = ddp_trial_resources(workers, ddp["resources_per_worker"])
+        threads = max(1, round(float(ddp["resources_per_worker"].get("CPU", 1))))
+        config = config_from_dict(dict(trial.config))
+        return run_ddp_retrain(
+            config, workdir=workdir, workers=workers, run_name=ddp_run_name(trial.trial_id, config),
+            storage_path=self.location.ddp, resources_per_worker=per_worker, retries=int(ddp["retries"]),
+            sync_batchnorm=bool(ddp.get("sync_batchnorm", True)), report=report, on_start=on_start,
+            threads=threads,
+        )  # fmt: skip
 
 
-def _run_ddp(trial: TrialPayload, config: Any, *, storage: str, experiment: str, workdir: Path,
-             report: Callable[[dict[str, Any], Path | None], None], on_start: Callable[[int], None]) -> dict[str, Any]:  # fmt: skip
-    """A retrain trial as a DDP run on Ray Train, driven from this Tune trial (see ``train.py``).
-
-    The run's name and storage derive from the trial, so a retried or resumed trial continues the same
-    Ray Train run from its last checkpoint; a lost worker or node restarts the worker group from there.
-    """
-    from .train import ddp_run_name, ddp_trial_resources, run_ddp_retrain
-
-    ddp = trial.ddp or {}
-    workers = int(ddp["workers"])
-    _, per_worker = ddp_trial_resources(workers, ddp["resources_per_worker"])
-    threads = max(1, round(float(ddp["resources_per_worker"].get("CPU", 1))))
-    return run_ddp_retrain(
-        config, workdir=workdir, workers=workers, run_name=ddp_run_name(trial.trial_id, config),
-        storage_path=_storage_under(storage, experiment, "ddp"), resources_per_worker=per_worker,
-        retries=int(ddp["retries"]), sync_batchnorm=bool(ddp.get("sync_batchnorm", True)), report=report,
-        on_start=on_start, threads=threads,
-    )  # fmt: skip
+def _known_here(kind: StageKind) -> None:
+    """Registers the stage's kind in this worker process when it is not a built-in one (a kind a user
+    registered in the driver travels with the trainable)."""
+    if kind.name not in STAGE_KINDS:
+        STAGE_KINDS.register(kind.name, kind)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+def _trial_trainable(param: dict[str, Any], *, trials: dict[str, Trial], location: ExperimentLocation,
+                     kind: StageKind) -> None:  # fmt: skip
+    """A Tune trial of a planned trial (``param["trial_id"]`` names it)."""
+    logging.getLogger("ray").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
+    _known_here(kind)
+    run_trial(trials[param["trial_id"]], location, _TuneEdge(location))
+
+
+def _optuna_trainable(param: dict[str, Any], *, optuna_plan: Any, location: ExperimentLocation) -> None:
+    """A Tune trial of an Optuna suggestion: the suggested path becomes a planned trial, then runs."""
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    run_trial(optuna_plan.trial(param), location, _TuneEdge(location))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -323,17 +206,6 @@ def _is_number(value: Any) -> bool:
 def _tune_name(stage: str, trial_ids: list[str]) -> str:
     digest = hashlib.sha256(json.dumps(sorted(trial_ids)).encode()).hexdigest()[:10]
     return f"{stage}-{digest}"
-
-
-def _storage_under(storage: str, experiment: str, leaf: str) -> str:
-    """``<storage>/<experiment>/<leaf>`` as Ray wants it: a URI, or an absolute local path."""
-    if "://" in storage:
-        return f"{storage.rstrip('/')}/{experiment}/{leaf}"
-    return str(Path(storage).resolve() / experiment / leaf)
-
-
-def _tune_storage(storage: str, experiment: str) -> str:
-    return _storage_under(storage, experiment, "tune")
 
 
 def _asha(asha: dict[str, Any] | None, epochs: int) -> Any:
@@ -349,21 +221,21 @@ class _Progress:
     """A Tune callback (built lazily: Ray is imported only when a stage runs) for per-epoch lines."""
 
     @staticmethod
-    def make(payload_of: Callable[[dict[str, Any]], TrialPayload | None],
-             on_epoch: Callable[[TrialPayload, dict[str, Any]], None] | None,
-             on_error: Callable[[TrialPayload, str], None] | None) -> Any:  # fmt: skip
+    def make(trial_of: Callable[[dict[str, Any]], Trial | None],
+             on_epoch: Callable[[Trial, dict[str, Any]], None] | None,
+             on_error: Callable[[Trial, str], None] | None) -> Any:  # fmt: skip
         from ray import tune
 
         class Progress(tune.Callback):
             def on_trial_result(self, iteration, trials, trial, result, **info):
-                payload = payload_of(trial.config)  # Tune puts its own id in result["trial_id"]
-                if payload is not None and on_epoch is not None and "epoch" in result:
-                    on_epoch(payload, result)
+                planned = trial_of(trial.config)  # Tune puts its own id in result["trial_id"]
+                if planned is not None and on_epoch is not None and "epoch" in result:
+                    on_epoch(planned, result)
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                payload = payload_of(trial.config)
-                if payload is not None and on_error is not None:
-                    on_error(payload, str(trial.error_file or "error"))
+                planned = trial_of(trial.config)
+                if planned is not None and on_error is not None:
+                    on_error(planned, str(trial.error_file or "error"))
 
         return Progress()
 
@@ -387,17 +259,17 @@ def _fit(path: str, make_tuner: Callable[[], Any], trainable: Any) -> Any:
     return make_tuner().fit()
 
 
-def _errors(grid: Any, done: set[str], payload_of: Callable[[dict[str, Any]], TrialPayload | None]) -> dict[str, str]:
+def _errors(grid: Any, done: set[str], trial_of: Callable[[dict[str, Any]], Trial | None]) -> dict[str, str]:
     errored: dict[str, str] = {}
     for result in grid:
-        payload = payload_of(result.config or {})
-        if result.error is not None and payload is not None and payload.trial_id not in done:
-            errored[payload.trial_id] = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1]}"
+        planned = trial_of(result.config or {})
+        if result.error is not None and planned is not None and planned.trial_id not in done:
+            errored[planned.trial_id] = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1]}"
     return errored
 
 
-def _ended_without_record(grid: Any, done: set[str], payload_of: Callable[[dict[str, Any]], TrialPayload | None]
-                          ) -> dict[str, TrialPayload]:  # fmt: skip
+def _ended_without_record(grid: Any, done: set[str], trial_of: Callable[[dict[str, Any]], Trial | None]
+                          ) -> dict[str, Trial]:  # fmt: skip
     """Trials that ended without error but left no trial row: stopped early by the scheduler (ASHA).
 
     Only called after ``fit()`` returned normally: an interrupt raises KeyboardInterrupt instead (see
@@ -406,25 +278,24 @@ def _ended_without_record(grid: Any, done: set[str], payload_of: Callable[[dict[
     """
     out = {}
     for result in grid:
-        payload = payload_of(result.config or {})
-        if result.error is None and payload is not None and payload.trial_id not in done:
-            out[payload.trial_id] = payload
+        planned = trial_of(result.config or {})
+        if result.error is None and planned is not None and planned.trial_id not in done:
+            out[planned.trial_id] = planned
     return out
 
 
 def run_trials(
     *,
-    storage: str,
-    experiment: str,
+    location: ExperimentLocation,
     stage: str,
-    payloads: list[TrialPayload],
+    trials: list[Trial],
     resources: dict[str, float],
     retries: int,
     max_concurrent: int,
     is_done: Callable[[], set[str]],
     asha: dict[str, Any] | None = None,
-    on_epoch: Callable[[TrialPayload, dict[str, Any]], None] | None = None,
-    on_error: Callable[[TrialPayload, str], None] | None = None,
+    on_epoch: Callable[[Trial, dict[str, Any]], None] | None = None,
+    on_error: Callable[[Trial, str], None] | None = None,
 ) -> StageOutcome:
     """Runs (or resumes) one stage's trials as one Ray Tune experiment and reports what got done.
 
@@ -433,8 +304,9 @@ def run_trials(
     checkpoints; trials already finished per ``is_done()`` (our own records) are not started at all.
 
     Args:
-        storage: a local folder or a URI; ``experiment``: the experiment's name under it.
-        payloads: every trial of the stage (finished ones included: they keep the Tune name stable).
+        location: where the experiment's files live.
+        trials: every trial of the stage (finished ones included: they keep the Tune name stable); a DDP
+            retrain's ``Trial.ddp`` says how it runs.
         resources: per trial, e.g. ``{"cpu": 1, "gpu": 0}``.
         retries: how many times a failing trial restarts from its checkpoint.
         max_concurrent: at most this many trials at once.
@@ -445,19 +317,19 @@ def run_trials(
     from ray import tune
 
     configure_environment()
-    by_id = {p.trial_id: p for p in payloads}
-    todo = [p.trial_id for p in payloads if p.trial_id not in is_done()]
+    by_id = {t.trial_id: t for t in trials}
+    todo = [t.trial_id for t in trials if t.trial_id not in is_done()]
     if not todo:
         return StageOutcome(done=set(by_id), errored={}, pending=set(), interrupted=False)
 
     name = _tune_name(stage, list(by_id))
-    storage_path = _tune_storage(storage, experiment)
+    storage_path = location.tune
     trainable = tune.with_resources(
-        tune.with_parameters(_trial_trainable, payloads=by_id, storage=storage, experiment=experiment),
+        tune.with_parameters(_trial_trainable, trials=by_id, location=location, kind=STAGE_KINDS.get(trials[0].kind)),
         {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0)},
     )  # fmt: skip
-    payload_of = lambda config: by_id.get(config.get("trial_id", ""))  # noqa: E731
-    epochs = max(int(p.config.get("epochs", 1)) for p in payloads)
+    trial_of = lambda config: by_id.get(config.get("trial_id", ""))  # noqa: E731
+    epochs = max(int(t.config.get("epochs", 1)) for t in trials)
 
     def make_tuner() -> Any:
         return tune.Tuner(
@@ -465,13 +337,13 @@ def run_trials(
             param_space={"trial_id": tune.grid_search(todo)},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
                                         scheduler=_asha(asha, epochs)),  # fmt: skip
-            run_config=_run_config(name, storage_path, retries, _Progress.make(payload_of, on_epoch, on_error)),
+            run_config=_run_config(name, storage_path, retries, _Progress.make(trial_of, on_epoch, on_error)),
         )  # fmt: skip
 
     grid = _fit(f"{storage_path}/{name}", make_tuner, trainable)
     done = is_done()
-    errored = _errors(grid, done, payload_of)
-    stopped = _ended_without_record(grid, done, payload_of) if asha else {}
+    errored = _errors(grid, done, trial_of)
+    stopped = _ended_without_record(grid, done, trial_of) if asha else {}
     pending = {t for t in by_id if t not in done and t not in errored and t not in stopped}
     return StageOutcome(done=done & set(by_id), errored=errored, pending=pending, interrupted=bool(pending),
                         stopped_early=stopped)  # fmt: skip
@@ -479,8 +351,7 @@ def run_trials(
 
 def run_optuna_trials(
     *,
-    storage: str,
-    experiment: str,
+    location: ExperimentLocation,
     stage: str,
     optuna_plan: Any,
     resources: dict[str, float],
@@ -488,8 +359,8 @@ def run_optuna_trials(
     max_concurrent: int,
     stage_done_count: Callable[[], int],
     asha: dict[str, Any] | None = None,
-    on_epoch: Callable[[TrialPayload, dict[str, Any]], None] | None = None,
-    on_error: Callable[[TrialPayload, str], None] | None = None,
+    on_epoch: Callable[[Trial, dict[str, Any]], None] | None = None,
+    on_error: Callable[[Trial, str], None] | None = None,
 ) -> StageOutcome:
     """An Optuna search (``OptunaSearch``) over a grid stage's HyperCuboid grid, resumable like any stage.
 
@@ -498,8 +369,6 @@ def run_optuna_trials(
     """
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
-
-    from ..runner import trial_payload
 
     configure_environment()
     if stage_done_count() >= optuna_plan.trials:
@@ -510,17 +379,17 @@ def run_optuna_trials(
                                         "seed": optuna_plan.seed, "config": optuna_plan.base_config},
                                        sort_keys=True).encode()).hexdigest()[:10]  # fmt: skip
     name = f"{stage}-optuna-{digest}"
-    storage_path = _tune_storage(storage, experiment)
+    storage_path = location.tune
     trainable = tune.with_resources(
-        tune.with_parameters(_optuna_trainable, optuna_plan=optuna_plan, storage=storage, experiment=experiment),
+        tune.with_parameters(_optuna_trainable, optuna_plan=optuna_plan, location=location),
         {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0)},
     )  # fmt: skip
     keys = set(optuna_plan.space())
 
-    def payload_of(config: dict[str, Any]) -> TrialPayload | None:
+    def trial_of(config: dict[str, Any]) -> Trial | None:
         if not keys <= set(config):
             return None
-        return trial_payload(optuna_plan.trial({k: config[k] for k in keys}))
+        return optuna_plan.trial({k: config[k] for k in keys})
 
     def make_tuner() -> Any:
         return tune.Tuner(
@@ -531,11 +400,11 @@ def run_optuna_trials(
                 num_samples=optuna_plan.trials, max_concurrent_trials=max_concurrent,
                 scheduler=_asha(asha, int(optuna_plan.base_config.get("epochs", 1))),
             ),
-            run_config=_run_config(name, storage_path, retries, _Progress.make(payload_of, on_epoch, on_error)),
+            run_config=_run_config(name, storage_path, retries, _Progress.make(trial_of, on_epoch, on_error)),
         )  # fmt: skip
 
     grid = _fit(f"{storage_path}/{name}", make_tuner, trainable)
-    ids = {p.trial_id for p in (payload_of(r.config or {}) for r in grid) if p is not None}
-    errored = _errors(grid, set(), payload_of)
-    stopped = _ended_without_record(grid, set(), payload_of)
+    ids = {p.trial_id for p in (trial_of(r.config or {}) for r in grid) if p is not None}
+    errored = _errors(grid, set(), trial_of)
+    stopped = _ended_without_record(grid, set(), trial_of)
     return StageOutcome(done=ids, errored=errored, pending=set(), interrupted=False, stopped_early=stopped)

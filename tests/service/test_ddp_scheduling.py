@@ -17,7 +17,7 @@ import yaml
 from torch import nn
 
 from nas_service.ray_runtime.train import DRIVER_CPU_SLIVER, DDPConfigError, ddp_trial_resources
-from nas_service.runner import stage_scheduling
+from nas_service.experiment_runner import stage_scheduling
 from nas_service.spec import SpecError, load_spec
 from trainers.engine import DivergedError, Hooks, evaluate, train_one_epoch
 

@@ -1,0 +1,590 @@
+"""The shared pieces of experiment specs: errors, the pydantic base model, the value models that several
+stage kinds use (resources, ``from:`` references, inline genotypes and paths), the base of every stage
+model, and the rules that build and check a training stage's config.
+
+The stage models themselves live with their stage kinds (:mod:`nas_service.stage_kinds`); the experiment
+model that holds them is :class:`nas_service.spec.ExperimentSpec`. Every problem becomes one
+:class:`Issue`: ``<path>: <rule> (got <value>)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from search_spaces.genotypes import Genotype, GenotypeError, list_published
+from search_spaces.paths import HYPERCUBOID_OPS, HyperCuboidPath, PathError, list_published_paths
+from trainers.config import ConfigError, TrainConfig, get_recipe, list_recipes, with_overrides
+
+from .location import is_uri
+
+if TYPE_CHECKING:
+    from .spec import ExperimentSpec
+
+# Per-epoch metrics of a retrain / grid trial (trainers.retrain), for ASHA.
+RETRAIN_METRICS = (
+    "valid_top1", "valid_top5", "valid_loss", "test_top1", "test_top5", "test_loss",
+    "train_top1", "train_loss",
+)  # fmt: skip
+# Config fields a spec must not set through overrides or sweep, and what to use instead.
+_RESERVED_FIELDS = {
+    "kind": "the stage's kind",
+    "seed": "the stage's seeds: list",
+    "genotype": "the stage's genotypes: / from:",
+    "path": "the stage's paths: / candidates: / from:",
+}
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+StrictInt = Annotated[int, Strict()]
+StrictFloat = Annotated[float, Strict()]
+PositiveInt = Annotated[int, Strict(), Field(ge=1)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors
+
+
+class Issue(NamedTuple):
+    """One problem: where (a spec path such as ``stages[1].sweep.weighting``), the rule, the value (repr)."""
+
+    path: str
+    rule: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '<spec>'}: {self.rule} (got {self.value})"
+
+
+class SpecError(ValueError):
+    """An invalid spec; the message lists each problem as ``<path>: <rule> (got <value>)``.
+
+    Attributes:
+        issues: the problems, in spec order.
+        source: the spec file, when there is one.
+    """
+
+    def __init__(self, issues: Sequence[Issue], source: str | None = None) -> None:
+        self.issues = list(issues)
+        self.source = source
+        where = f" {source}" if source else ""
+        lines = "\n".join(f"  {issue}" for issue in self.issues)
+        super().__init__(f"invalid experiment spec{where} ({len(self.issues)} problem(s)):\n{lines}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles (e.g. across processes) with its issues intact
+        return (type(self), (self.issues, self.source))
+
+
+def show(value: Any, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _join(*parts: str | int) -> str:
+    """``("stages", 1, "sweep", "weighting") -> "stages[1].sweep.weighting"``."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def issues_from_validation(err: ValidationError) -> list[Issue]:
+    """pydantic's errors -> Issues with spec paths (union tags, which start with ``@``, are dropped)."""
+    issues: list[Issue] = []
+    for e in err.errors():
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("@"))]
+        ctx = e.get("ctx") or {}
+        kind = e["type"]
+        if kind == "spec_rules":  # semantic problems collected by check_spec
+            issues.extend(Issue(*issue) for issue in ctx["issues"])
+            continue
+        if kind == "unknown_field":
+            issues.append(Issue(_join(*loc, ctx["field"]), e["msg"], show(ctx["value"])))
+            continue
+        if kind == "stage_kind":
+            value = e["input"].get("kind") if isinstance(e["input"], dict) else e["input"]
+            path = _join(*loc, "kind") if isinstance(e["input"], dict) else _join(*loc)
+            issues.append(Issue(path, e["msg"], show(value)))
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        if kind == "missing":
+            issues.append(Issue(_join(*loc), "required field is missing", "nothing"))
+        else:
+            issues.append(Issue(_join(*loc), msg[:1].lower() + msg[1:], show(e["input"])))
+    return issues
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shape: the pydantic models
+
+
+class SpecModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        # pydantic's own "extra fields not permitted" does not say which fields exist; a typo deserves that.
+        if isinstance(data, dict):
+            known = [f.alias or name for name, f in cls.model_fields.items()]
+            for key, value in data.items():
+                if key not in known:
+                    raise PydanticCustomError(
+                        "unknown_field", "unknown field; known fields: {known}",
+                        {"field": str(key), "known": known, "value": value},
+                    )  # fmt: skip
+        return data
+
+
+def resolve_local(value: str | None, info: ValidationInfo) -> str | None:
+    """A local path made absolute against the spec's folder (``context["base_dir"]``); URIs unchanged."""
+    if value is None or is_uri(value):
+        return value
+    path = Path(value).expanduser()
+    base = (info.context or {}).get("base_dir")
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return os.path.normpath(path) if (path.is_absolute() or base is not None) else value
+
+
+class DataDefaults(SpecModel):
+    """Data defaults applied to every training stage's config (``data.dataset``, ``data.root``)."""
+
+    dataset: str | None = Field(None, description="a registered data set: digits, cifar10, imagenet")
+    root: str | None = Field(
+        None, description="folder with the data set's files; relative: against the spec file's folder"
+    )
+
+    @field_validator("root")
+    @classmethod
+    def _resolve_root(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return resolve_local(v, info)
+
+
+class Resources(SpecModel):
+    """What one trial holds while it runs; concurrency follows (see ``planner.max_concurrent_trials``)."""
+
+    cpu: StrictFloat = Field(1.0, ge=0, description="CPUs per trial")
+    gpu: StrictFloat = Field(0.0, ge=0, description="GPUs per trial (fractions below 1 share a GPU)")
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError("must be a whole number above 1 (Ray shares a GPU only in fractions below 1)")
+        return v
+
+    @model_validator(mode="after")
+    def _holds_something(self) -> Resources:
+        if self.cpu == 0 and self.gpu == 0:
+            raise ValueError("a trial must hold some CPU or GPU, else concurrency would be unbounded")
+        return self
+
+
+class FromRef(SpecModel):
+    """Which earlier stage's results a stage consumes, and which of each trial's results it takes."""
+
+    stage: str = Field(description="the name of an earlier stage")
+    take: Literal["best", "last"] = Field(
+        "best", description="a search's architecture at its best search-validation epoch, or at its last"
+    )
+    parse: Literal["default", "no_hack"] = Field(
+        "default", description="cell searches: the DARTS parse (excludes 'none') or the no-hack parse"
+    )
+    top: PositiveInt | None = Field(
+        None, description="only the top N upstream trials by their score (e.g. the best Optuna trials)"
+    )
+
+
+class InlineGenotype(SpecModel):
+    """A genotype written out: two ``[op, input]`` edges per node for the normal and reduction cells."""
+
+    normal: list[tuple[str, StrictInt]] = Field(min_length=2)
+    reduce: list[tuple[str, StrictInt]] = Field(min_length=2)
+    normal_concat: list[StrictInt] | None = None
+    reduce_concat: list[StrictInt] | None = None
+
+
+_HyperCuboidOp = Literal[HYPERCUBOID_OPS]  # type: ignore[valid-type]
+
+
+class InlinePath(SpecModel):
+    """A HyperCuboid path written out: the stem width, then ``[stride, c_in, c_out, op]`` per stage."""
+
+    stem_channels: PositiveInt
+    stages: list[tuple[Literal[1, 2], PositiveInt, PositiveInt, _HyperCuboidOp]] = Field(min_length=2)
+    head_channels: PositiveInt = 768
+
+
+class RandomPaths(SpecModel):
+    """``N`` uniformly random paths on the grid stage's ``channels`` x ``layers``, drawn from ``seed``."""
+
+    random: PositiveInt = Field(description="how many random paths")
+    seed: StrictInt = Field(0, description="the draw's seed: the same seed gives the same paths")
+
+
+class OptunaSpec(SpecModel):
+    """An Optuna search over the grid stage's HyperCuboid grid: stem width, and width and op per stage."""
+
+    trials: PositiveInt
+    seed: StrictInt = 0
+
+
+class AshaSpec(SpecModel):
+    """ASHA early stopping for a grid stage; the mode follows the metric (losses: min, accuracies: max)."""
+
+    grace_period: PositiveInt = Field(1, description="epochs every trial runs before it can be stopped")
+    reduction_factor: StrictFloat = Field(4.0, gt=1)
+    metric: Literal[RETRAIN_METRICS] = "valid_top1"  # type: ignore[valid-type]
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        return "min" if self.metric.endswith("loss") else "max"
+
+
+def unique(values: list[Any]) -> list[Any]:
+    seen: list[Any] = []
+    for v in values:
+        if v in seen:
+            raise ValueError(f"must be distinct; {v!r} appears twice")
+        seen.append(v)
+    return values
+
+
+class StageBase(SpecModel):
+    name: Name = Field(description="unique within the experiment; names the stage's folder")
+
+    @field_validator("name")
+    @classmethod
+    def _not_dots(cls, v: str) -> str:
+        if v in (".", ".."):
+            raise ValueError("must not be '.' or '..' (it names a folder)")
+        return v
+
+
+class TrainStageBase(StageBase):
+    recipe: str = Field(description="a named config of trainers.config whose kind matches the stage")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="config fields, nested or dotted (data.batch_size); lists here are values, never axes",
+    )
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
+        default_factory=dict, description="the axes: dotted config field -> list of values (a grid over all)"
+    )
+    seeds: list[StrictInt] = Field(default_factory=lambda: [0], min_length=1, description="an axis")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int]) -> list[int]:
+        return unique(v)
+
+
+
+GenotypeRef = Annotated[
+    Union[Annotated[str, Tag("@name")], Annotated[InlineGenotype, Tag("@inline")]],
+    Discriminator(lambda v: "@name" if isinstance(v, str) else "@inline"),
+]
+PathRef = Annotated[
+    Union[Annotated[str, Tag("@name")], Annotated[InlinePath, Tag("@inline")]],
+    Discriminator(lambda v: "@name" if isinstance(v, str) else "@inline"),
+]
+
+
+def _candidate_tag(v: Any) -> str:
+    if isinstance(v, str):
+        return "@name"
+    return "@random" if isinstance(v, dict) and "random" in v else "@inline"
+
+
+Candidate = Annotated[
+    Union[
+        Annotated[str, Tag("@name")],
+        Annotated[InlinePath, Tag("@inline")],
+        Annotated[RandomPaths, Tag("@random")],
+    ],
+    Discriminator(_candidate_tag),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Meaning: recipes, references, configs
+
+
+def nest_dotted(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"schedule.kind": "cpa", "data": {"root": x}} -> {"schedule": {"kind": "cpa"}, "data": {...}}``.
+
+    Raises:
+        ValueError: two keys set the same field (``schedule`` and ``schedule.kind``, say).
+    """
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        parts = str(key).split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"{key}: conflicts with {part!r} set to a value")
+            node = child
+        leaf = parts[-1]
+        if leaf in node and (isinstance(node[leaf], dict) or isinstance(value, dict)):
+            merged = dict(node[leaf]) if isinstance(node[leaf], dict) else None
+            if merged is None or not isinstance(value, dict):
+                raise ValueError(f"{key}: set twice")
+            merged.update(nest_dotted(value))
+            node[leaf] = merged
+        elif leaf in node:
+            raise ValueError(f"{key}: set twice")
+        else:
+            node[leaf] = nest_dotted(value) if isinstance(value, dict) else value
+    return out
+
+
+def sweep_points(stage: Any) -> list[dict[str, Any]]:
+    """The grid of a stage's ``sweep`` axes in spec order (the last axis varies fastest); ``[{}]`` if none."""
+    sweep = getattr(stage, "sweep", {}) or {}
+    keys = list(sweep)
+    return [dict(zip(keys, values)) for values in itertools.product(*(sweep[k] for k in keys))]
+
+
+def config_issue(err: ConfigError, path: str, value: Any = None, *, field: str | None = None) -> Issue:
+    """A ConfigError (``<field>: must be <rule>, got <value>``) located at the spec ``path``.
+
+    ``field``: the config field the spec path sets; when the error names another field (a cross-field
+    rule), that field is kept in the rule so the message still says what broke.
+    """
+    msg = str(err)
+    head, sep, rest = msg.partition(": ")
+    if not sep or " " in head:
+        return Issue(path, msg, show(value))
+    rule, got_sep, got = rest.rpartition(", got ")
+    if not got_sep:
+        rule, got = rest, show(value)
+    if field is None:
+        path = f"{path}.{head}" if path else head
+        if not got_sep:
+            rule, got = rest, show(_dig(value, head))
+    elif head != field:
+        rule = f"{head}: {rule}"
+    return Issue(path, rule, got)
+
+
+def _dig(value: Any, dotted: str) -> Any:
+    """``value["a"]["b"]`` for ``"a.b"`` where it exists, else ``value``."""
+    node = value
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return value
+        node = node[part]
+    return node
+
+
+def article(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
+def recipe_issue(stage: Any, where: str, wanted: str) -> Issue | None:
+    """The stage's recipe must exist and be a ``wanted`` config (a stage kind's ``recipe_kind``)."""
+    matching = [n for n in list_recipes() if get_recipe(n).kind == wanted]
+    if stage.recipe not in list_recipes():
+        return Issue(f"{where}.recipe", f"must be a registered {wanted} recipe; known: {matching}",
+                     show(stage.recipe))  # fmt: skip
+    actual = get_recipe(stage.recipe).kind
+    if actual != wanted:
+        return Issue(
+            f"{where}.recipe",
+            f"{article(stage.kind)} stage needs {article(wanted)} recipe, this one is {article(actual)} recipe; "
+            f"{wanted} recipes: {matching}",
+            show(stage.recipe),
+        )
+    return None
+
+
+def _data_overrides(spec: ExperimentSpec) -> dict[str, Any]:
+    data = {k: v for k, v in (("dataset", spec.data.dataset), ("root", spec.data.root)) if v is not None}
+    return {"data": data} if data else {}
+
+
+def stage_base_config(spec: ExperimentSpec, stage: Any) -> TrainConfig:
+    """The stage's recipe with the spec's data defaults and the stage's overrides applied (no axes, no seed).
+
+    Raises:
+        SpecError: the recipe or an override is invalid (a validated spec never raises).
+    """
+    config, issues = base_config(spec, stage, f"stages[{spec.stage_index(stage.name)}]")
+    if config is None:
+        raise SpecError(issues)
+    return config
+
+
+def base_config(spec: ExperimentSpec, stage: Any, where: str) -> tuple[TrainConfig | None, list[Issue]]:
+    config = get_recipe(stage.recipe)
+    data = _data_overrides(spec)
+    if data:
+        try:
+            config = with_overrides(config, data)
+        except ConfigError as err:
+            return None, [config_issue(err, "", data)]
+    try:
+        overrides = nest_dotted(stage.overrides)
+    except ValueError as err:
+        return None, [Issue(f"{where}.overrides", str(err), show(stage.overrides))]
+    reserved = [k for k in overrides if k in _RESERVED_FIELDS]
+    if reserved:
+        key = reserved[0]
+        rule = f"is not set through overrides; use {_RESERVED_FIELDS[key]}"
+        return None, [Issue(f"{where}.overrides.{key}", rule, show(overrides[key]))]
+    try:
+        config = with_overrides(config, overrides)
+    except ConfigError as err:
+        return None, [config_issue(err, f"{where}.overrides", overrides)]
+    issues = []
+    for field, rule, value in _registered_names(config):
+        # A name the stage did not set came from the spec's data defaults (or the recipe).
+        set_here = _dig(overrides, field) is not overrides
+        if set_here:
+            at = f"{where}.overrides.{field}"
+        else:
+            at = field if field.startswith("data.") else f"{where}.recipe"
+        issues.append(Issue(at, rule, value))
+    return (config if not issues else None), issues
+
+
+def _registered_names(config: TrainConfig) -> list[tuple[str, str, str]]:
+    """Names the config types cannot check themselves: the search space, the data set, the op set."""
+    from search_spaces.ops import OP_SETS
+    from search_spaces.spaces import list_search_spaces
+    from trainers.data import get_dataset_info, list_datasets
+
+    out = []
+    if config.data.dataset not in list_datasets():
+        out.append(("data.dataset", f"must be a registered data set; known: {list_datasets()}",
+                    show(config.data.dataset)))  # fmt: skip
+    elif get_dataset_info(config.data.dataset).test_only:
+        trainable = [d for d in list_datasets() if not get_dataset_info(d).test_only]
+        out.append(("data.dataset", f"is test-only (no training split); training data sets: {trainable}",
+                    show(config.data.dataset)))  # fmt: skip
+    if config.kind == "cell_search" and config.space not in list_search_spaces():
+        known = list_search_spaces()
+        out.append(("space", f"must be a registered search space; known: {known}", show(config.space)))
+    if config.kind == "retrain" and config.op_set is not None and config.op_set not in OP_SETS:
+        out.append(("op_set", f"must be a registered op set; known: {OP_SETS.names()}", show(config.op_set)))
+    return out
+
+
+def sweep_issues(config: TrainConfig, stage: Any, where: str) -> list[Issue]:
+    issues: list[Issue] = []
+    for key, values in stage.sweep.items():
+        at = f"{where}.sweep.{key}"
+        try:
+            unique(values)
+        except ValueError as err:
+            issues.append(Issue(at, str(err), show(values)))
+            continue
+        if key.split(".")[0] in _RESERVED_FIELDS:
+            first = key.split(".")[0]
+            issues.append(Issue(at, f"is not an axis; use {_RESERVED_FIELDS[first]}", show(values)))
+            continue
+        for j, value in enumerate(values):
+            try:
+                axis_config = with_overrides(config, nest_dotted({key: value}))
+            except ConfigError as err:
+                if "unknown field" in str(err):  # one line per unknown key, not one per value
+                    issues.append(config_issue(err, at, values, field=key))
+                    break
+                issues.append(config_issue(err, f"{at}[{j}]" if len(values) > 1 else at, value, field=key))
+                continue
+            issues.extend(Issue(f"{at}[{j}]" if len(values) > 1 else at, r, v)
+                          for p, r, v in _registered_names(axis_config) if p == key)  # fmt: skip
+    if issues or len(stage.sweep) < 2:
+        return issues
+    for point in sweep_points(stage):  # each value is fine alone; combinations may still clash
+        try:
+            with_overrides(config, nest_dotted(point))
+        except ConfigError as err:
+            issues.append(Issue(f"{where}.sweep", f"the combination {point} is invalid: {err}", show(point)))
+    return issues
+
+
+def arch_name_issues(stage: Any, where: str, config: TrainConfig | None) -> list[Issue]:
+    from search_spaces.genotypes import get_published
+
+    issues: list[Issue] = []
+    op_set = getattr(config, "op_set", None) if config is not None else None
+    for j, ref in enumerate(getattr(stage, "genotypes", [])):
+        at = f"{where}.genotypes[{j}]"
+        if isinstance(ref, str):
+            if ref not in list_published():
+                rule = f"must be a published genotype; known: {list_published()}"
+                issues.append(Issue(at, rule, show(ref)))
+            elif op_set is not None:
+                try:
+                    get_published(ref).genotype.validate(op_set)
+                except GenotypeError as err:
+                    issues.append(Issue(at, f"op_set {op_set!r}: {err}", show(ref)))
+            continue
+        try:
+            # Inline genotypes train with the stage's op_set, else the 'sharp' ops (as trainers.retrain).
+            Genotype.from_dict(ref.model_dump(exclude_none=True)).validate(op_set or "sharp")
+        except GenotypeError as err:
+            issues.append(Issue(at, str(err), show(ref.model_dump(exclude_none=True))))
+    refs = [(f"paths[{j}]", r) for j, r in enumerate(getattr(stage, "paths", []))]
+    refs += [(f"candidates[{j}]", r) for j, r in enumerate(getattr(stage, "candidates", []))]
+    for field_name, ref in refs:
+        at = f"{where}.{field_name}"
+        if isinstance(ref, str):
+            if ref not in list_published_paths():
+                rule = f"must be a published path; known: {list_published_paths()}"
+                issues.append(Issue(at, rule, show(ref)))
+        elif isinstance(ref, InlinePath):
+            try:
+                HyperCuboidPath.from_dict(ref.model_dump())
+            except PathError as err:
+                issues.append(Issue(at, str(err), show(ref.model_dump())))
+    return issues
+
+
+
+
+def train_stage_config(spec: ExperimentSpec, stage: Any, where: str,
+                       recipe_kind: str) -> tuple[TrainConfig | None, list[Issue], bool]:  # fmt: skip
+    """The common rules of a stage that trains a recipe: the recipe, its overrides and every sweep value.
+
+    Returns:
+        ``(config, issues, recipe_ok)``: the stage's base config (None when it does not build), the
+        problems found, and whether the recipe itself is usable (kind rules that need it stop otherwise).
+    """
+    problem = recipe_issue(stage, where, recipe_kind)
+    if problem is not None:
+        return None, [problem], False
+    config, issues = base_config(spec, stage, where)
+    if config is not None:
+        issues.extend(sweep_issues(config, stage, where))
+    return config, issues, True
+
+
+def data_overrides_issues(spec: ExperimentSpec) -> list[Issue]:
+    """The spec-wide ``data:`` defaults must name a registered data set."""
+    from trainers.data import list_datasets
+
+    if spec.data.dataset is None or spec.data.dataset in list_datasets():
+        return []
+    return [Issue("data.dataset", f"must be a registered data set; known: {list_datasets()}", show(spec.data.dataset))]

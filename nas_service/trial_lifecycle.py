@@ -1,0 +1,196 @@
+"""One trial from start to results row, with no Ray in it: resume point, attempt numbering, epoch and trial
+rows, divergence, the rows a kill left out. The Ray edge (:mod:`nas_service.ray_runtime.tune`) only adapts
+it: it hands in a :class:`TrialEdge` that reports to Tune, restores Tune's checkpoint and runs DDP on Ray
+Train, so this module is tested without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from trainers.checkpoints import list_epoch_checkpoints
+from trainers.config import config_to_dict
+from trainers.engine import DivergedError, Hooks
+
+from .location import ExperimentLocation
+from .results import ResultsStore
+from .stage_kinds import STAGE_KINDS
+from .trials import Trial
+
+__all__ = ["TrialEdge", "run_trial", "summary_row", "record_stopped_early", "FAULT_INJECTION_ENV", "DONE_STATUSES"]
+
+# A trial with one of these statuses is never run again.
+DONE_STATUSES = ("finished", "diverged")
+
+# Test instrumentation: JSON {"trial_id": ..., "epoch": N, "marker": FILE}. The named trial raises once,
+# right after reporting epoch N (the marker file records that it did), so tests can check retries.
+FAULT_INJECTION_ENV = "NAS_SERVICE_INJECT_FAULT"
+
+Report = Callable[[dict[str, Any], "Path | None"], None]
+
+
+class TrialEdge(Protocol):
+    """What the scheduler running the trial provides (Tune's implementation is in ``ray_runtime.tune``)."""
+
+    def restore(self, workdir: Path) -> None:
+        """Puts the scheduler's newest checkpoint of this trial into ``workdir`` if it is newer."""
+
+    def report(self, metrics: Mapping[str, Any], checkpoint: Path | None, workdir: Path) -> None:
+        """Reports one epoch's metrics (and its checkpoint file, when there is one) to the scheduler."""
+
+    def run_ddp(self, trial: Trial, workdir: Path, report: Report, on_start: Callable[[int], None]) -> dict[str, Any]:
+        """Runs a DDP trial (``trial.ddp``) across workers; ``on_start(epoch)`` at each worker-group start."""
+
+
+def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> None:
+    """Runs (or resumes) one planned trial and records every epoch and its end in the results store."""
+    kind = STAGE_KINDS.get(trial.kind)
+    store = ResultsStore.of(location)
+    previous = store.trials(trial_ids=[trial.trial_id])
+    if not previous.empty and previous["status"].iloc[0] in DONE_STATUSES:
+        # Done before (a crash the scheduler did not get to record, or Optuna suggesting the same path
+        # again): nothing is repeated; the searcher still hears the result.
+        best = {k[5:]: v for k, v in previous.iloc[0].items() if k.startswith("best.") and _is_number(v)}
+        edge.report(best, None, Path())
+        return
+    workdir = location.trial_workdir(trial.trial_id)
+    workdir.mkdir(parents=True, exist_ok=True)
+    edge.restore(workdir)
+    have = list_epoch_checkpoints(workdir / "checkpoints")
+    # The attempt is the epoch this run starts from: a later start has a higher number, and two starts
+    # from the same checkpoint write identical rows (resume is exact), so readers dedup safely.
+    attempt = have[-1][0] if have else 0
+    started, cpu_started = time.time(), time.process_time()
+
+    def report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        store.write_epoch(trial.trial_id, attempt, {"stage": trial.stage, "seed": trial.seed, **metrics})
+        edge.report(metrics, checkpoint, workdir)
+        _maybe_inject_fault(trial.trial_id, int(metrics["epoch"]))
+
+    def restarted_from(epoch: int) -> None:  # a DDP worker group (re)started from this epoch's checkpoint
+        nonlocal attempt
+        attempt = epoch
+
+    def row(summary: Mapping[str, Any] | None, status: str, error: str | None = None) -> dict[str, Any]:
+        return summary_row(trial, summary, status=status, error=error, wall=time.time() - started,
+                           cpu=time.process_time() - cpu_started)  # fmt: skip
+
+    try:
+        if trial.ddp is not None:
+            summary = edge.run_ddp(trial, workdir, report, restarted_from)
+        else:
+            assert kind.run_trial is not None, f"stage kind {kind.name!r} runs in the driver, not as trials"
+            summary = dict(kind.run_trial(trial, workdir, Hooks(report=report, log=lambda line: None)))
+    except DivergedError as err:
+        store.write_trial(trial.trial_id, attempt, row(None, "diverged", str(err)))
+        edge.report({"diverged": 1}, None, workdir)
+        return
+    _backfill_epochs(store, trial, attempt, summary.get("history") or [])
+    store.write_trial(trial.trial_id, attempt, row(summary, "finished"))
+    if not summary.get("history") or summary.get("epochs_run") == 0:
+        edge.report({"done": 1}, None, workdir)
+
+
+def _backfill_epochs(store: Any, trial: Trial, attempt: int, history: list[dict[str, Any]]) -> None:
+    """Writes the epoch rows that a kill left out, before the trial row says the trial is done.
+
+    An epoch is resumable once its checkpoint exists; its row is written after that. A kill in between
+    (of this process, or of a DDP driver whose rank 0 had already committed the epoch) resumes after the
+    epoch without writing its row. The finished run's history has every epoch, so none is lost.
+    """
+    frame = store.epochs(trial_ids=[trial.trial_id])
+    have = set() if frame.empty else {int(e) for e in frame["epoch"]}
+    for metrics in history:
+        if "epoch" in metrics and int(metrics["epoch"]) not in have:
+            store.write_epoch(trial.trial_id, attempt, {"stage": trial.stage, "seed": trial.seed, **metrics})
+
+
+def _maybe_inject_fault(trial_id: str, epoch: int) -> None:
+    raw = os.environ.get(FAULT_INJECTION_ENV)
+    if not raw:
+        return
+    fault = json.loads(raw)
+    marker = Path(fault["marker"])
+    if fault["trial_id"] == trial_id and fault["epoch"] == epoch and not marker.exists():
+        marker.write_text(f"injected after epoch {epoch}\n")
+        raise RuntimeError(f"injected fault in trial {trial_id} after epoch {epoch} ({FAULT_INJECTION_ENV})")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def summary_row(trial: Trial, summary: Mapping[str, Any] | None, *, status: str, wall: float, cpu: float,
+                error: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """The results-store trial row of a finished (or diverged) trial."""
+    row: dict[str, Any] = {
+        "stage": trial.stage,
+        "stage_kind": trial.kind,
+        "seed": trial.seed,
+        "status": status,
+        "config": trial.config,
+        "arm": trial.arm.arm_id,
+        "lineage_trial_id": trial.lineage.parent,
+        "lineage_stage": trial.lineage.parent_stage,
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "error": error,
+        "extra": {"arm_label": trial.arm.label, "lineage_source": trial.lineage.source,
+                  "workers": int((trial.ddp or {}).get("workers", 1))},
+    }
+    if summary is None:
+        return row
+    kind = STAGE_KINDS.get(trial.kind)
+    history = summary.get("history") or []
+    metric = "test_top1" if (summary.get("protocol") or "").startswith("paper") else kind.epoch_metric
+    best = history[summary["best_epoch"] - 1] if history else {}
+    brief = {k: v for k, v in summary.items() if k != "history"}
+    row.update(
+        epochs_completed=summary.get("epochs_run"),
+        best_epoch=summary.get("best_epoch"),
+        best_metric=metric,
+        best={k: v for k, v in best.items() if isinstance(v, (int, float))},
+        last={k: v for k, v in (history[-1] if history else {}).items() if isinstance(v, (int, float))},
+        params=summary.get("params"),
+        protocol=summary.get("protocol"),
+        **kind.architecture(summary),
+    )
+    config = brief.get("config", trial.config)
+    brief["config"] = config if isinstance(config, dict) else config_to_dict(config)
+    row["extra"]["summary_json"] = json.dumps({**brief, "history_tail": history[-1:]})
+    return row
+
+
+def record_stopped_early(store: Any, trial: Trial) -> bool:
+    """Writes the trial row of a trial a scheduler (ASHA) stopped early, from its recorded epochs; False
+    if it has a row already or recorded no epoch."""
+    from search_spaces.networks import count_parameters
+    from trainers.config import config_from_dict
+    from trainers.data import get_dataset_info
+    from trainers.retrain import build_model, model_spec, summarize_retrain
+
+    if not store.trials(trial_ids=[trial.trial_id]).empty:
+        return False
+    frame = store.epochs(trial_ids=[trial.trial_id]).sort_values("epoch")
+    if frame.empty:
+        return False
+    # Metrics only: the store's own columns (timestamps, ids) are not part of a training history.
+    own = {"schema_version", "experiment", "stage", "trial_id", "attempt", "seed", "written_at"}
+    history = [{k: v for k, v in row.items() if k not in own and isinstance(v, (int, float))
+                and not (isinstance(v, float) and math.isnan(v))} for row in frame.to_dict("records")]  # fmt: skip
+    for entry in history:
+        entry["epoch"] = int(entry["epoch"])
+    config = config_from_dict(dict(trial.config))
+    spec = model_spec(config, get_dataset_info(config.data.dataset))
+    summary = summarize_retrain(history, config, spec, count_parameters(build_model(spec)))
+    wall = float(sum(entry.get("epoch_seconds", 0.0) for entry in history))
+    row = summary_row(trial, summary, status="finished", wall=wall, cpu=0.0)
+    row["extra"]["stopped_early"] = True
+    store.write_trial(trial.trial_id, int(frame["attempt"].max()), row)
+    return True

@@ -1,0 +1,157 @@
+"""docs/extending.md's recipe for a stage kind, end to end: a kind registered from this test module only
+validates, plans, runs on local Ray, reports, and feeds a retrain stage, with no change to nas_service/.
+
+The toy kind, ``random_genotype``, is random search without training: each trial draws uniformly random
+architecture weights for a search space from its seed and parses them into a genotype.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+import torch
+from pydantic import Field
+
+from nas_service.planner import plan
+from nas_service.report import arm_table
+from nas_service.results import ResultsStore
+from nas_service.spec import SpecError, load_spec
+from nas_service.spec_models import Issue, StageBase, StrictInt, show
+from nas_service.stage_kinds import STAGE_KINDS, StageKind, register_stage_kind
+from nas_service.trials import Lineage, StagePlan, Trial, UpstreamResult, make_arm, trial_id_for
+from search_spaces.genotypes import parse_genotype
+from search_spaces.spaces import get_search_space, list_search_spaces
+
+
+class RandomGenotypeStage(StageBase):
+    """Random search without weight sharing: a random genotype per seed."""
+
+    kind: Literal["random_genotype"]
+    space: str = "darts"
+    seeds: list[StrictInt] = Field(default_factory=lambda: [0], min_length=1)
+
+
+def _check(spec: Any, stage: RandomGenotypeStage, where: str, upstream_stage: Any) -> list[Issue]:
+    if stage.space not in list_search_spaces():
+        return [Issue(f"{where}.space", f"must be a registered search space; known: {list_search_spaces()}",
+                      show(stage.space))]  # fmt: skip
+    return []
+
+
+def _plan(spec: Any, stage: RandomGenotypeStage, done: Any, upstream: Any) -> StagePlan:
+    trials = []
+    for seed in stage.seeds:
+        config = {"kind": "random_genotype", "space": stage.space, "seed": seed, "epochs": 1}
+        trials.append(Trial(stage=stage.name, kind=stage.kind, trial_id=trial_id_for(stage.name, stage.kind, config),
+                            config=config, seed=seed, axes={},
+                            arm=make_arm(stage.name, stage.kind, config, [f"space={stage.space}"]),
+                            lineage=Lineage()))  # fmt: skip
+    return StagePlan(stage.name, stage.kind, "ready", tuple(trials), expected_trials=len(trials), epochs=1)
+
+
+def _run_trial(trial: Trial, workdir: Path, hooks: Any) -> dict[str, Any]:
+    primitives = [p for p in get_search_space(trial.config["space"]).primitives if p != "none"]
+    generator = torch.Generator().manual_seed(trial.config["seed"])
+    weights = [torch.rand(14, len(primitives), generator=generator) for _ in range(2)]
+    genotype = parse_genotype(*weights, primitives, skip_primitive=None).to_dict()
+    free = sum(op in ("max_pool_3x3", "avg_pool_3x3", "skip_connect") for op, _ in genotype["normal"])
+    metrics = {"epoch": 1, "parameter_free_share": free / len(genotype["normal"])}
+    hooks.report(metrics, None)
+    return {"config": dict(trial.config), "history": [metrics], "best_epoch": 1, "epochs_run": 1,
+            "genotype": genotype}  # fmt: skip
+
+
+def _upstream(trial_id: str, summary: Mapping[str, Any]) -> UpstreamResult:
+    config = summary["config"]
+    genotype = summary["genotype"]
+    return UpstreamResult(trial_id, config["seed"], config, best=genotype, last=genotype)
+
+
+RANDOM_GENOTYPE = StageKind(
+    name="random_genotype", spec_model=RandomGenotypeStage, plan=_plan, check=_check, produces=("genotype",),
+    run_trial=_run_trial, epoch_metric="parameter_free_share", select_metric="best.parameter_free_share",
+    architecture=lambda summary: {"genotype": summary["genotype"]}, upstream=_upstream,
+)  # fmt: skip
+
+
+@pytest.fixture
+def random_genotype_kind() -> Iterator[StageKind]:
+    # The kind travels to Ray's workers with the trainable; this module is not importable there (pytest
+    # imports it from its folder), so it is pickled by value, as a kind defined in a script must be.
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    register_stage_kind(RANDOM_GENOTYPE)
+    try:
+        yield RANDOM_GENOTYPE
+    finally:  # the shipped JSON Schema and the other tests know only the built-in kinds
+        STAGE_KINDS.unregister("random_genotype")
+
+
+def spec_text(storage: Path, space: str = "darts") -> str:
+    return f"""\
+name: toy
+storage: {storage}
+data: {{dataset: digits}}
+stages:
+  - {{name: draw, kind: random_genotype, space: {space}, seeds: [0, 1]}}
+  - name: retrain
+    kind: retrain
+    recipe: digits_retrain
+    from: {{stage: draw}}
+    overrides: {{epochs: 2}}
+"""
+
+
+def test_an_unregistered_kind_is_refused_with_the_known_kinds(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"stages\[0\].kind: must be one of \['cell_search'.*'evaluate'\]"):
+        load_spec(spec_text(tmp_path))
+
+
+def test_a_registered_kind_validates_and_its_own_rules_apply(tmp_path: Path, random_genotype_kind) -> None:
+    spec = load_spec(spec_text(tmp_path))
+    assert spec.stages[0].kind == "random_genotype"
+    with pytest.raises(SpecError, match=r"stages\[0\].space: must be a registered search space"):
+        load_spec(spec_text(tmp_path, space="nope"))
+    assert STAGE_KINDS.upstream_kinds("retrain")[-1] == "random_genotype"  # it produces genotypes
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_kind_registered_in_a_test_runs_on_local_ray_and_reports(tmp_path: Path, random_genotype_kind) -> None:
+    from nas_service.experiment_runner import run_experiment, upstream_from_store
+    from nas_service.ray_runtime import shutdown_ray
+
+    spec = load_spec(spec_text(tmp_path / "runs"))
+    first = plan(spec)
+    assert first.stage("draw").state == "ready" and len(first.stage("draw").trials) == 2
+    assert first.stage("retrain").state == "waiting"
+    # Only the toy stage runs on Ray here (a retrain is slow and covered elsewhere): a spec of its own.
+    draw_only = load_spec("\n".join(spec_text(tmp_path / "runs").splitlines()[:5]) + "\n")
+    lines: list[str] = []
+    try:
+        outcome = run_experiment(draw_only, num_cpus=2, out=lines.append)
+    finally:
+        shutdown_ray()
+    assert outcome.complete, lines
+    store = ResultsStore(str(tmp_path / "runs"), "toy")
+    trials = store.trials()
+    assert sorted(trials["stage_kind"]) == ["random_genotype"] * 2
+    assert set(trials["status"]) == {"finished"}
+    assert sorted(int(e) for e in store.epochs()["epoch"]) == [1, 1]
+    genotypes = [json.loads(g) for g in trials["genotype_json"]]
+    assert all(len(g["normal"]) == 8 for g in genotypes) and genotypes[0] != genotypes[1]
+    table = arm_table(trials)
+    assert list(table["kind"]) == ["random_genotype"] and table["runs"].iloc[0] == 2
+    assert "select (parameter_free_share)" in table.columns
+    # The retrain stage takes the drawn genotypes from the store like any search's.
+    after = plan(spec, upstream=upstream_from_store(store))
+    retrain = after.stage("retrain")
+    assert retrain.state == "ready" and len(retrain.trials) == 2
+    assert {t.lineage.parent for t in retrain.trials} == set(trials["trial_id"])
+    assert all(json.loads(t.config["genotype"]) in genotypes for t in retrain.trials)
