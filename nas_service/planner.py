@@ -1,30 +1,10 @@
 """The planner: a validated spec -> stages of trials, each with a deterministic id, an arm and a lineage.
 
-A trial is one training run: the stage's recipe with the spec's data defaults, the stage's overrides, one
-point of the stage's sweep grid, one seed and (for ``retrain``/``grid``) one architecture. Its id is the
-first 12 hex digits of the SHA-256 of the canonical JSON (sorted keys, compact) of
-``{"stage", "kind", "config"}``, so the same trial gets the same id in every process and every run, and
-editing a spec keeps the ids of the trials it did not change (added seeds or sweep values add trials).
-Two refinements, both so that an id names the computation and nothing else:
-
-* Fields that only say where files are, how they are read or how memory is spent (``data.root``,
-  ``data.download``, ``data.num_workers``, ``activation_checkpointing``, an evaluation's ``root``) are left
-  out of the hash: moving the data to another disk or cluster, or trading memory for time, does not turn
-  finished trials into new ones.
-* A trial whose architecture came from an upstream trial also hashes that trial's id (``lineage``): two
-  searches that happen to choose the same genotype still give two retrain trials, one per search, so
-  every retrain has exactly one producing search and the report can charge that search's cost to it.
-
-An *arm* is a stage's configuration without the seed; trials of one arm differ only by seed and are the
-samples a report averages. Where the architecture came from an upstream trial, the arm also leaves out
-the architecture (it depends on the upstream seed) and names the upstream trial's arm instead, so the
-retrains of every seed of ``weighting=max_w`` form one arm, ``from search: weighting=max_w``.
-
-Stages that take ``from:`` an earlier stage expand only once every trial of that stage has a result;
-until then they are ``waiting`` with no trials (``plan`` is cheap: call it again after each stage).
-
 Each stage kind expands its own stages (its registry entry's ``plan``; the shared expansions are in
-:mod:`nas_service.stage_kinds.common`); the values planning produces are in :mod:`nas_service.trials`.
+:mod:`nas_service.stage_kinds.common`). What a trial is, how its id and arm are derived and what an
+upstream result carries is :mod:`nas_service.trials`. Stages that take ``from:`` an earlier stage expand
+only once every trial of that stage has a result; until then they are ``waiting`` with no trials (``plan``
+is cheap: call it again after each stage).
 """
 
 from __future__ import annotations
