@@ -8,6 +8,8 @@ architecture weights for a search space from its seed and parses them into a gen
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -26,6 +28,8 @@ from nas_service.stage_kinds import STAGE_KINDS, StageKind, register_stage_kind
 from nas_service.trials import Lineage, StagePlan, Trial, UpstreamResult, make_arm, trial_id_for
 from search_spaces.genotypes import parse_genotype
 from search_spaces.spaces import get_search_space, list_search_spaces
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class RandomGenotypeStage(StageBase):
@@ -81,11 +85,6 @@ RANDOM_GENOTYPE = StageKind(
 
 @pytest.fixture
 def random_genotype_kind() -> Iterator[StageKind]:
-    # The kind travels to Ray's workers with the trainable; this module is not importable there (pytest
-    # imports it from its folder), so it is pickled by value, as a kind defined in a script must be.
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     register_stage_kind(RANDOM_GENOTYPE)
     try:
         yield RANDOM_GENOTYPE
@@ -121,24 +120,33 @@ def test_a_registered_kind_validates_and_its_own_rules_apply(tmp_path: Path, ran
     assert STAGE_KINDS.upstream_kinds("retrain")[-1] == "random_genotype"  # it produces genotypes
 
 
+def run_as_a_driver_script(spec: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``python <this file> SPEC``: a user's script that registers the kind and runs the spec on a local Ray
+    of its own (its own HOME and temp dir, no cluster address or token from the environment)."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "RAY_TMPDIR": f"/tmp/nk{os.getpid() % 10000}{tmp_path.name[-6:]}",
+           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}  # fmt: skip
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(name, None)
+    return subprocess.run([sys.executable, __file__, str(spec)], env=env, capture_output=True, text=True, timeout=400)
+
+
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_kind_registered_in_a_test_runs_on_local_ray_and_reports(tmp_path: Path, random_genotype_kind) -> None:
-    from nas_service.experiment_runner import run_experiment, upstream_from_store
-    from nas_service.ray_runtime import shutdown_ray
+def test_a_kind_registered_in_a_script_runs_on_local_ray_and_reports(tmp_path: Path, random_genotype_kind) -> None:
+    from nas_service.experiment_runner import upstream_from_store
 
-    spec = load_spec(spec_text(tmp_path / "runs"))
+    full = spec_text(tmp_path / "runs")
+    spec = load_spec(full)
     first = plan(spec)
     assert first.stage("draw").state == "ready" and len(first.stage("draw").trials) == 2
     assert first.stage("retrain").state == "waiting"
     # Only the toy stage runs on Ray here (a retrain is slow and covered elsewhere): a spec of its own.
-    draw_only = load_spec("\n".join(spec_text(tmp_path / "runs").splitlines()[:5]) + "\n")
-    lines: list[str] = []
-    try:
-        outcome = run_experiment(draw_only, num_cpus=2, out=lines.append)
-    finally:
-        shutdown_ray()
-    assert outcome.complete, lines
+    draw_only = tmp_path / "draw.yaml"
+    draw_only.write_text("\n".join(full.splitlines()[:5]) + "\n")
+    done = run_as_a_driver_script(draw_only, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     store = ResultsStore(str(tmp_path / "runs"), "toy")
     trials = store.trials()
     assert sorted(trials["stage_kind"]) == ["random_genotype"] * 2
@@ -146,6 +154,7 @@ def test_a_kind_registered_in_a_test_runs_on_local_ray_and_reports(tmp_path: Pat
     assert sorted(int(e) for e in store.epochs()["epoch"]) == [1, 1]
     genotypes = [json.loads(g) for g in trials["genotype_json"]]
     assert all(len(g["normal"]) == 8 for g in genotypes) and genotypes[0] != genotypes[1]
+    assert "== draw (random_genotype) ==" in done.stdout  # run's closing report
     table = arm_table(trials)
     assert list(table["kind"]) == ["random_genotype"] and table["runs"].iloc[0] == 2
     assert "select (parameter_free_share)" in table.columns
@@ -155,3 +164,10 @@ def test_a_kind_registered_in_a_test_runs_on_local_ray_and_reports(tmp_path: Pat
     assert retrain.state == "ready" and len(retrain.trials) == 2
     assert {t.lineage.parent for t in retrain.trials} == set(trials["trial_id"])
     assert all(json.loads(t.config["genotype"]) in genotypes for t in retrain.trials)
+
+
+if __name__ == "__main__":  # the driver script of the test above: register the kind, then `nas-service run`
+    from nas_service.cli import main
+
+    register_stage_kind(RANDOM_GENOTYPE)
+    sys.exit(main(["run", sys.argv[1], "--num-cpus", "2"]))
