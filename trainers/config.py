@@ -1,21 +1,29 @@
 """Typed, frozen training configurations with dict round trips, and the named recipes of the paper.
 
 A config is plain data: nested frozen dataclasses of primitives and tuples, so it hashes (trial ids),
-serialises to JSON (Ray, checkpoints, result rows) and cannot change mid-run. ``from_dict`` refuses
-unknown fields, naming the field path, so a typo in a spec never silently falls back to a default.
+serialises to JSON (Ray, checkpoints, result rows) and cannot change mid-run. pydantic reads dicts into
+them strictly (no bool or float for an int, no bool or string for a float) and refuses unknown fields,
+naming the field path, so a typo in a spec never silently falls back to a default.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import types
+import functools
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Literal, TypeVar
+from types import EllipsisType
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BeforeValidator, TypeAdapter, ValidationError
+from pydantic_core import SchemaValidator
 
 from search_spaces.registry import Registry
+from search_spaces.weighting import WEIGHTINGS
+
+from .schedules import ScheduleError, ScheduleSpec
 
 __all__ = [
     "ConfigError",
@@ -57,7 +65,22 @@ def without_result_neutral_fields(config: Mapping[str, Any], extra: tuple[tuple[
 
 
 class ConfigError(ValueError):
-    """A bad configuration value; the message names the field path, the rule and the value."""
+    """A bad configuration value, ``<path>: <rule>, got <value!r>`` (e.g. ``arch.betas[1]: must be a number,
+    got 'x'``), its parts held in ``path``, ``rule``, ``value`` and ``got`` (the value as shown; None for an
+    unknown field, which reads ``<path>: unknown field; known fields: [...]``)."""
+
+    def __init__(self, path: str, rule: str, value: Any = None, got: str | None | EllipsisType = ...) -> None:
+        self.path, self.rule, self.value, self.got = path, rule, value, repr(value) if got is ... else got
+        super().__init__(path, rule, value, self.got)  # the arguments, so that it pickles
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.rule}" + ("" if self.got is None else f", got {self.got}")
+
+
+# JSON and YAML give lists for tuples. The registry is the only list of weighting names.
+_FROM_LIST = BeforeValidator(lambda value: tuple(value) if isinstance(value, list) else value)
+_WeightingName = Literal[tuple(WEIGHTINGS.names())]  # type: ignore[valid-type]
+ScheduleConfig = ScheduleSpec  # a config's schedule is the schedule module's description: one class
 
 
 @dataclass(frozen=True)
@@ -96,25 +119,6 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ScheduleConfig:
-    """The learning-rate schedule (one value per epoch): ``cpa``, ``cosine`` or ``constant``."""
-
-    kind: Literal["cpa", "cosine", "constant"] = "cpa"
-    max_lr: float = 0.025
-    min_lr: float = 1e-4
-    power: float = 2.0
-    warmup_epochs: int = 5
-
-    def __post_init__(self) -> None:
-        from .schedules import ScheduleSpec  # the schedule module owns the rules (power >= 1, lr range)
-
-        try:
-            ScheduleSpec(self.kind, self.max_lr, self.min_lr, self.power, self.warmup_epochs)
-        except ValueError as err:
-            raise ConfigError(f"schedule.{err}") from None
-
-
-@dataclass(frozen=True)
 class OptimConfig:
     """SGD for the network weights."""
 
@@ -128,7 +132,7 @@ class ArchOptimConfig:
     """Adam for the architecture weights (spec section 8)."""
 
     lr: float = 3e-4
-    betas: tuple[float, float] = (0.5, 0.999)
+    betas: Annotated[tuple[float, float], _FROM_LIST] = (0.5, 0.999)
     weight_decay: float = 1e-3
     order: Literal[1, 2] = 1
 
@@ -138,6 +142,8 @@ class ArchOptimConfig:
 
 @dataclass(frozen=True)
 class _Common:
+    # How pydantic reads a training config and the dataclasses it nests: strictly, refusing unknown fields.
+    __pydantic_config__ = {"strict": True, "extra": "forbid"}
     epochs: int = 10
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -149,10 +155,8 @@ class _Common:
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "epochs", ">= 1", self.epochs)
-        _check(
-            self.memory_format in ("auto", "channels_last", "contiguous"),
-            "memory_format", "one of auto, channels_last, contiguous", self.memory_format,
-        )  # fmt: skip
+        _check(self.memory_format in ("auto", "channels_last", "contiguous"), "memory_format",
+               "one of auto, channels_last, contiguous", self.memory_format)  # fmt: skip
         if self.schedule.kind == "cpa":
             _check(self.schedule.warmup_epochs < self.epochs, "schedule.warmup_epochs", "< epochs",
                    (self.schedule.warmup_epochs, self.epochs))  # fmt: skip
@@ -164,7 +168,7 @@ class CellSearchConfig(_Common):
 
     kind: Literal["cell_search"] = "cell_search"
     space: str = "sharp_darts"
-    weighting: Literal["scalar", "max_w"] = "scalar"
+    weighting: _WeightingName = "scalar"
     # Recompute each supernet edge's activations in backward instead of keeping them: the same results in
     # about 0.4x the memory for about 1.45x the step time (benchmarks/search_step.py --checkpointing off on).
     activation_checkpointing: bool = False
@@ -175,18 +179,14 @@ class CellSearchConfig(_Common):
     stem_multiplier: int = 3
     arch: ArchOptimConfig = field(default_factory=ArchOptimConfig)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self.weighting in ("scalar", "max_w"), "weighting", "scalar or max_w", self.weighting)
-
 
 @dataclass(frozen=True)
 class HyperCuboidSearchConfig(_Common):
     """Differentiable Hyperparameter Grid Search over the HyperCuboid (spec section 7)."""
 
     kind: Literal["hypercuboid_search"] = "hypercuboid_search"
-    weighting: Literal["scalar", "max_w"] = "scalar"
-    channels: tuple[int, ...] = (32, 64, 128, 256)
+    weighting: _WeightingName = "scalar"
+    channels: Annotated[tuple[int, ...], _FROM_LIST] = (32, 64, 128, 256)
     layers: int = 4
     prune: bool = False
     head_channels: int = 768
@@ -194,7 +194,6 @@ class HyperCuboidSearchConfig(_Common):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.weighting in ("scalar", "max_w"), "weighting", "scalar or max_w", self.weighting)
         _check(len(self.channels) >= 1 and all(c >= 1 for c in self.channels), "channels",
                "a non-empty list of positive widths", self.channels)  # fmt: skip
 
@@ -230,16 +229,12 @@ class RetrainConfig(_Common):
 
 
 TrainConfig = CellSearchConfig | HyperCuboidSearchConfig | RetrainConfig
-_KINDS: dict[str, type] = {
-    "cell_search": CellSearchConfig,
-    "hypercuboid_search": HyperCuboidSearchConfig,
-    "retrain": RetrainConfig,
-}
+_KINDS: dict[str, type] = {cls.kind: cls for cls in typing.get_args(TrainConfig)}
 
 
 def _check(ok: bool, path: str, rule: str, value: Any) -> None:
     if not ok:
-        raise ConfigError(f"{path}: must be {rule}, got {value!r}")
+        raise ConfigError(path, f"must be {rule}", value)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -254,96 +249,98 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     def plain(value: Any) -> Any:
         if is_dataclass(value):
             return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
-        if isinstance(value, (tuple, list)):
-            return [plain(v) for v in value]
-        return value
+        return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
     return plain(config)
-
-
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if is_dataclass(tp):
-        return _build(tp, value, path)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(arg, value, path)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{path}: must be {tp}, got {value!r}")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{path}: must be one of {list(typing.get_args(tp))}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: must be a list, got {value!r}")
-        args = typing.get_args(tp)
-        item = args[0]
-        return tuple(_convert(item if args[-1] is Ellipsis else args[i], v, f"{path}[{i}]") for i, v in enumerate(value))
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: must be a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: must be an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: must be true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: must be a string, got {value!r}")
-        return value
-    return value
-
-
-def _build(cls: type[C], data: Any, path: str) -> C:
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'config'}: must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - known)
-    if unknown:
-        prefix = f"{path}." if path else ""
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown field; known fields: {sorted(known)}")
-    kwargs = {k: _convert(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
-    # __post_init__ checks name their full field path themselves (e.g. "data.batch_size").
-    return cls(**kwargs)
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Builds the config of ``data["kind"]``; unknown fields and bad values raise ``ConfigError``."""
     if not isinstance(data, dict) or data.get("kind") not in _KINDS:
         kind = data.get("kind") if isinstance(data, dict) else data
-        raise ConfigError(f"kind: must be one of {sorted(_KINDS)}, got {kind!r}")
-    return _build(_KINDS[data["kind"]], data, "")  # type: ignore[return-value]
+        raise ConfigError("kind", f"must be one of {sorted(_KINDS)}", kind)
+    return _read(_KINDS[data["kind"]], data)  # type: ignore[return-value]
 
 
 def with_overrides(config: C, overrides: dict[str, Any]) -> C:
-    """A copy of ``config`` with nested ``overrides`` (e.g. ``{"data": {"batch_size": 32}}``) applied."""
-    merged = _deep_merge(config_to_dict(config), overrides)
-    return _build(type(config), merged, "")
+    """A copy of a training config with nested ``overrides`` (e.g. ``{"data": {"batch_size": 32}}``)."""
+    return _read(type(config), _deep_merge(config_to_dict(config), overrides))
+
+
+@functools.cache
+def _validator(cls: type) -> SchemaValidator:
+    """pydantic's validator of ``cls``, each dataclass taking dicts too (strict mode takes only instances)."""
+    schema = TypeAdapter(cls).core_schema
+    nodes: list[Any] = [schema]
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, dict) and node.get("type") == "dataclass":
+            node["strict"] = False
+        nodes.extend(node.values() if isinstance(node, dict) else node if isinstance(node, list) else ())
+    return SchemaValidator(schema)
+
+
+def _read(cls: type[C], data: Any) -> C:
+    """``cls`` from ``data``. Of several refusals, the first in reading order becomes the ``ConfigError``."""
+    unknown = ("unexpected_keyword_argument", "invalid_key")
+    try:
+        return _validator(cls).validate_python(data)
+    except ValidationError as err:
+        error = min(err.errors(), key=lambda e: _reading_order(data, e["loc"], e["type"] in unknown))
+    loc, kind, value = error["loc"], error["type"], error["input"]
+    if kind == "value_error":  # a __post_init__ check of the dataclass at loc
+        cause = error["ctx"]["error"]
+        if isinstance(cause, ScheduleError):
+            raise ConfigError(_dotted(loc + (cause.name,)), cause.rule, cause.value, cause.got) from None
+        raise cause from None  # a ConfigError, naming its field path itself
+    if kind in unknown:
+        known = sorted(f.name for f in fields(_type_at(cls, loc[:-1])))
+        path = _dotted(loc[:-1] + (str(loc[-1]),))
+        raise ConfigError(path, f"unknown field; known fields: {known}", value, None)
+    if kind in ("missing", "too_long"):  # a fixed-length tuple of another length (fields have defaults)
+        loc, value = loc[:-1] if kind == "missing" else loc, list(value)
+        length = len(typing.get_args(_type_at(cls, loc)))
+        raise ConfigError(_dotted(loc), f"must be a list of {length}", value)
+    raise ConfigError(_dotted(loc) or "config", _rule(_type_at(cls, loc)), value)
+
+
+def _rule(tp: Any) -> str:
+    """In words, the rule that a value given for the declared type ``tp`` broke."""
+    if typing.get_origin(tp) is Literal:
+        return f"must be one of {list(typing.get_args(tp))}"
+    words = {float: "a number", int: "an integer", bool: "true or false", str: "a string", tuple: "a list"}
+    return "must be " + ("a mapping" if is_dataclass(tp) else words.get(typing.get_origin(tp) or tp, str(tp)))
+
+
+def _type_at(tp: Any, loc: tuple[Any, ...]) -> Any:
+    """The declared type at ``loc`` (field names, tuple indices) below the dataclass ``tp``."""
+    for part in loc:
+        args = typing.get_args(tp)
+        tp = typing.get_type_hints(tp)[part] if is_dataclass(tp) else args[0 if args[-1] is ... else part]
+    return tp
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    """``("arch", "betas", 1)`` -> ``"arch.betas[1]"``."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def _reading_order(data: Any, loc: tuple[Any, ...], unknown: bool) -> list[tuple[int, Any]]:
+    """Sort key of a refusal at ``loc``: per level, a mapping's unknown fields by name, then keys as given."""
+    key: list[tuple[int, Any]] = []
+    for i, part in enumerate(loc):
+        if unknown and i == len(loc) - 1:
+            return key + [(0, str(part))]
+        keys = list(data) if isinstance(data, dict) else list(range(len(data or ())))  # a mapping or a list
+        key.append((1, keys.index(part) if part in keys else len(keys)))
+        data = data[part] if part in keys else None
+    return key
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+    nested = {k: _deep_merge(base[k], v) for k, v in update.items()
+              if isinstance(v, dict) and isinstance(base.get(k), dict)}  # fmt: skip
+    return {**base, **update, **nested}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ exactly as the reference scripts do (spec section 5).
 
 Schedules live in a registry (:data:`SCHEDULES`) so specs name them (``cpa``, ``cosine``, ``constant``)
 and tests parametrize over them. :class:`ScheduleSpec` is the frozen, JSON-able description that a
-config or a checkpoint carries.
+config (as its ``schedule``) or a checkpoint carries.
 
 Two cosine curves, on purpose:
 
@@ -29,7 +29,8 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from numbers import Integral, Real
-from typing import Any
+from types import EllipsisType
+from typing import Any, Literal
 
 import numpy as np
 
@@ -49,7 +50,18 @@ __all__ = [
 
 
 class ScheduleError(ValueError):
-    """A bad schedule argument; the message names the argument, the rule and the value."""
+    """A bad schedule argument: ``str(err)`` is ``<argument>: <rule>, got <value>``.
+
+    ``name``, ``rule`` and ``value`` hold the parts (``trainers.config`` turns them into a ``ConfigError``);
+    ``got`` is the shown value when it is not ``repr(value)``, or None for a message without one.
+    """
+
+    def __init__(self, name: str, rule: str, value: Any = None, got: str | None | EllipsisType = ...) -> None:
+        self.name, self.rule, self.value, self.got = name, rule, value, repr(value) if got is ... else got
+        super().__init__(name, rule, value, self.got)  # the arguments, so that it pickles
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.rule}" + ("" if self.got is None else f", got {self.got}")
 
 
 Schedule = Callable[..., np.ndarray]
@@ -62,22 +74,23 @@ SCHEDULES: Registry[Schedule] = Registry("schedule")
 
 def _int_arg(name: str, value: Any, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ScheduleError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+        raise ScheduleError(name, f"must be an integer >= {minimum}", value)
     if value < minimum:
-        raise ScheduleError(f"{name}: must be >= {minimum}, got {value!r}")
+        raise ScheduleError(name, f"must be >= {minimum}", value)
     return int(value)
 
 
 def _float_arg(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise ScheduleError(f"{name}: must be a finite number, got {value!r}")
+        raise ScheduleError(name, "must be a finite number", value)
     return float(value)
 
 
 def _check_lr_range(max_lr: Any, min_lr: Any) -> tuple[float, float]:
     max_lr, min_lr = _float_arg("max_lr", max_lr), _float_arg("min_lr", min_lr)
     if not 0.0 <= min_lr <= max_lr:
-        raise ScheduleError(f"learning rates: must satisfy 0 <= min_lr <= max_lr, got {min_lr=}, {max_lr=}")
+        raise ScheduleError("learning rates", "must satisfy 0 <= min_lr <= max_lr", (min_lr, max_lr),
+                            f"{min_lr=}, {max_lr=}")  # fmt: skip
     return max_lr, min_lr
 
 
@@ -139,13 +152,15 @@ def cosine_power_annealing(
     max_lr, min_lr = _check_lr_range(max_lr, min_lr)
     power = _float_arg("power", power)
     if power < 1.0:
-        raise ScheduleError(f"power: must be >= 1, got {power!r}")
+        raise ScheduleError("power", "must be >= 1", power)
     warmup_epochs = _int_arg("warmup_epochs", warmup_epochs, minimum=0)
     if warmup_epochs >= epochs:
-        raise ScheduleError(f"warmup_epochs: must be < epochs, got {warmup_epochs=}, {epochs=}")
+        raise ScheduleError("warmup_epochs", "must be < epochs", (warmup_epochs, epochs),
+                            f"{warmup_epochs=}, {epochs=}")  # fmt: skip
     start_epoch = _int_arg("start_epoch", start_epoch, minimum=1)
     if start_epoch > epochs:
-        raise ScheduleError(f"start_epoch: must be <= epochs, got {start_epoch=}, {epochs=}")
+        raise ScheduleError("start_epoch", "must be <= epochs", (start_epoch, epochs),
+                            f"{start_epoch=}, {epochs=}")  # fmt: skip
 
     e = np.arange(1, epochs + 1, dtype=np.float64)
     # Shifting by W puts the cosine's peak (e' = 0) at epoch W+1; the W warmup epochs before it have
@@ -211,7 +226,7 @@ def constant(epochs: int, lr: float) -> np.ndarray:
     epochs = _int_arg("epochs", epochs, minimum=1)
     lr = _float_arg("lr", lr)
     if lr < 0.0:
-        raise ScheduleError(f"lr: must be >= 0, got {lr!r}")
+        raise ScheduleError("lr", "must be >= 0", lr)
     return np.full(epochs, lr, dtype=np.float64)
 
 
@@ -250,7 +265,8 @@ def build_schedule(kind: str, epochs: int, **kwargs: Any) -> np.ndarray:
     accepted = _parameters(kind)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise ScheduleError(f"schedule {kind!r}: unknown argument(s) {unknown}; it takes {accepted}")
+        raise ScheduleError(f"schedule {kind!r}", f"unknown argument(s) {unknown}; it takes {accepted}",
+                            unknown, None)  # fmt: skip
     return fn(epochs, **kwargs)
 
 
@@ -258,13 +274,21 @@ def build_schedule(kind: str, epochs: int, **kwargs: Any) -> np.ndarray:
 # the frozen description a config or checkpoint carries
 
 
+# The registry is the only list of kinds; configs read this Literal from it (pydantic checks dicts with it).
+ScheduleKind = Literal[tuple(SCHEDULES.names())]  # type: ignore[valid-type]
+
+
 @dataclass(frozen=True)
 class ScheduleSpec:
     """What schedule a run uses, independent of its length (epochs come in when values are asked for).
 
-    Field names match ``trainers.config.ScheduleConfig``, so
-    ``ScheduleSpec.from_dict(config_to_dict(config.schedule))`` works. Fields a kind does not take are
-    not used: ``power`` and ``warmup_epochs`` apply to ``cpa`` only, and ``constant`` runs at ``max_lr``.
+    This is also the ``schedule`` of a training config (``trainers.config.ScheduleConfig`` is this class),
+    so ``config.schedule.values(config.epochs)`` works. Fields a kind does not take are not used:
+    ``power`` and ``warmup_epochs`` apply to ``cpa`` only, and ``constant`` runs at ``max_lr``.
+
+    Values are checked, not converted: a spec written with ``power=2`` keeps the int, so a config's
+    dict (and the trial id hashed from it) stays as written. ``2`` and ``2.0`` still compare and hash
+    equal. Reading a config dict (``trainers.config``) turns ints into floats for the float fields.
 
     Args:
         kind: a registered schedule (``cpa``, ``cosine``, ``constant``).
@@ -277,7 +301,7 @@ class ScheduleSpec:
         ScheduleError / UnknownNameError: on construction, for a bad field.
     """
 
-    kind: str = "cpa"
+    kind: ScheduleKind = "cpa"
     max_lr: float = 0.025
     min_lr: float = 1e-4
     power: float = 2.0
@@ -285,16 +309,10 @@ class ScheduleSpec:
 
     def __post_init__(self) -> None:
         SCHEDULES.get(self.kind)  # unknown kinds fail here, listing the known ones
-        # Normalise numbers so equal specs hash equally (2 and 2.0 are one power).
-        max_lr, min_lr = _check_lr_range(self.max_lr, self.min_lr)
-        power = _float_arg("power", self.power)
-        if power < 1.0:
-            raise ScheduleError(f"power: must be >= 1, got {power!r}")
-        warmup = _int_arg("warmup_epochs", self.warmup_epochs, minimum=0)
-        object.__setattr__(self, "max_lr", max_lr)
-        object.__setattr__(self, "min_lr", min_lr)
-        object.__setattr__(self, "power", power)
-        object.__setattr__(self, "warmup_epochs", warmup)
+        _check_lr_range(self.max_lr, self.min_lr)
+        if _float_arg("power", self.power) < 1.0:
+            raise ScheduleError("power", "must be >= 1", float(self.power))
+        _int_arg("warmup_epochs", self.warmup_epochs, minimum=0)
 
     def _kwargs(self) -> dict[str, Any]:
         available = {
@@ -319,7 +337,7 @@ class ScheduleSpec:
         epoch = _int_arg("epoch", epoch, minimum=1)
         epochs = _int_arg("epochs", epochs, minimum=1)
         if epoch > epochs:
-            raise ScheduleError(f"epoch: must be <= epochs, got {epoch=}, {epochs=}")
+            raise ScheduleError("epoch", "must be <= epochs", (epoch, epochs), f"{epoch=}, {epochs=}")
         return _cached_values(self, epochs)[epoch - 1]
 
     def to_dict(self) -> dict[str, Any]:
@@ -330,11 +348,12 @@ class ScheduleSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> ScheduleSpec:
         """The inverse of :meth:`to_dict`; unknown keys raise ``ScheduleError`` naming them."""
         if not isinstance(data, Mapping):
-            raise ScheduleError(f"schedule: must be a mapping, got {data!r}")
+            raise ScheduleError("schedule", "must be a mapping", data)
         known = {"kind", "max_lr", "min_lr", "power", "warmup_epochs"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ScheduleError(f"schedule: unknown field(s) {unknown}; known fields: {sorted(known)}")
+            rule = f"unknown field(s) {unknown}; known fields: {sorted(known)}"
+            raise ScheduleError("schedule", rule, unknown, None)
         return cls(**dict(data))
 
 
