@@ -366,24 +366,21 @@ def sweep_points(stage: Any) -> list[dict[str, Any]]:
 
 
 def config_issue(err: ConfigError, path: str, value: Any = None, *, field: str | None = None) -> Issue:
-    """A ConfigError (``<field>: must be <rule>, got <value>``) located at the spec ``path``.
+    """A ConfigError located at the spec ``path`` (``value``: what the spec wrote there).
 
     ``field``: the config field the spec path sets; when the error names another field (a cross-field
     rule), that field is kept in the rule so the message still says what broke.
     """
-    msg = str(err)
-    head, sep, rest = msg.partition(": ")
-    if not sep or " " in head:
-        return Issue(path, msg, show(value))
-    rule, got_sep, got = rest.rpartition(", got ")
-    if not got_sep:
-        rule, got = rest, show(value)
+    if " " in err.path:  # a rule over several fields ("learning rates"): the message says it all
+        return Issue(path, str(err), show(value))
+    rule = err.rule
     if field is None:
-        path = f"{path}.{head}" if path else head
-        if not got_sep:
-            rule, got = rest, show(_dig(value, head))
-    elif head != field:
-        rule = f"{head}: {rule}"
+        path = f"{path}.{err.path}" if path else err.path
+        got = err.got if err.got is not None else show(_dig(value, err.path))
+    else:
+        got = err.got if err.got is not None else show(value)
+        if err.path != field:
+            rule = f"{err.path}: {rule}"
     return Issue(path, rule, got)
 
 
