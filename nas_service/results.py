@@ -29,7 +29,6 @@ This module imports pandas and pyarrow, never ray or torch.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import importlib.metadata
 import io
 import json
@@ -51,6 +50,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .digests import digest
 from .location import ExperimentLocation, is_uri
 
 __all__ = [
@@ -355,8 +355,7 @@ def arm_id(stage: str, config: Mapping[str, Any]) -> str:
     Returns:
         ``"<stage>:<12 hex digits>"``, the same on every machine and run for equal configs.
     """
-    digest = hashlib.sha256(_to_json(_drop_seeds(config)).encode()).hexdigest()
-    return f"{stage}:{digest[:12]}"
+    return f"{stage}:{digest(_jsonable(_drop_seeds(config)), 12)}"
 
 
 def best_and_last(

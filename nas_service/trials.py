@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +40,7 @@ from search_spaces.paths import HYPERCUBOID_OPS, HyperCuboidPath, PathStage, res
 from search_spaces.spaces import get_search_space
 from trainers.config import ConfigError, config_from_dict, config_to_dict, with_overrides, without_result_neutral_fields
 
+from .digests import canonical_json, digest
 from .spec_models import AshaSpec, InlineGenotype, InlinePath, RandomPaths, Resources, nest_dotted, sweep_points
 
 ID_LENGTH = 12
@@ -153,14 +153,6 @@ class UpstreamResult:
 
 # ---------------------------------------------------------------------------------------------------------
 # Hashing
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def digest(obj: Any, length: int) -> str:
-    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:length]
 
 
 def identity_config(config: Mapping[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:

@@ -43,6 +43,7 @@ __all__ = [
     "with_overrides",
     "RESULT_NEUTRAL_FIELDS",
     "without_result_neutral_fields",
+    "same_computation",
 ]
 
 # Fields that say where the data is or how a run spends memory, not what it computes: a run may resume
@@ -62,6 +63,12 @@ def without_result_neutral_fields(config: Mapping[str, Any], extra: tuple[tuple[
         if isinstance(node, dict):
             node.pop(path[-1], None)
     return out
+
+
+def same_computation(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two config dicts compute the same thing (they may differ in result-neutral fields): the one
+    rule for "may this checkpoint resume, or stand as finished, for that config?"."""
+    return without_result_neutral_fields(a) == without_result_neutral_fields(b)
 
 
 class ConfigError(ValueError):

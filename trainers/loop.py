@@ -20,7 +20,7 @@ from .checkpoints import (
     restore_rng_state,
     write_epoch_checkpoint,
 )
-from .config import TrainConfig, config_to_dict, without_result_neutral_fields
+from .config import TrainConfig, config_to_dict, same_computation
 from .engine import Hooks
 from .schedules import ScheduleSpec
 
@@ -29,11 +29,6 @@ __all__ = ["ResumeMismatchError", "run_epochs", "schedule_values", "set_lr"]
 
 class ResumeMismatchError(ValueError):
     """The checkpoint in the run folder was written by a different configuration."""
-
-
-def _comparable(config: dict[str, Any]) -> str:
-    """What must match between a checkpoint's config and the resuming one (not its result-neutral fields)."""
-    return json.dumps(without_result_neutral_fields(config), sort_keys=True)
 
 
 def schedule_values(config: TrainConfig) -> list[float]:
@@ -80,7 +75,7 @@ def run_epochs(
     latest = latest_checkpoint(checkpoint_dir)
     if latest is not None:
         state = load_checkpoint(latest)
-        if _comparable(state["config"]) != _comparable(config_dict):
+        if not same_computation(state["config"], config_dict):
             raise ResumeMismatchError(
                 f"{latest} was written by a different configuration; use a new run folder or the same config"
             )

@@ -3,9 +3,9 @@
 The workers run the same loop as single-process retraining (:func:`trainers.retrain.run_retrain`); only
 its :class:`~trainers.engine.Hooks` change:
 
-- ``wrap_model``: batch norm becomes synchronized (:func:`convert_sync_batchnorm`), then
+- ``wrap_model``: batch norm becomes synchronized (:func:`trainers.distributed.convert_sync_batchnorm`), then
   ``ray.train.torch.prepare_model`` wraps the model in DDP. The loop keeps saving the unwrapped model.
-- ``wrap_loader``: :func:`shard_loader` gives each worker its slice of every *global* batch of the loader
+- ``wrap_loader``: :func:`trainers.distributed.shard_loader` gives each worker its slice of every *global* batch of the loader
   the loop built. The global batches are exactly the single-process ones (same ``(seed, epoch)`` order, same
   generator draws), so with synchronized batch norm a DDP step is the single-process step of that batch.
   ``ray.train.torch.prepare_data_loader`` is not used: its ``DistributedSampler`` shuffles with its own
@@ -24,7 +24,6 @@ the same epoch. A run whose final checkpoint is already in the caller's ``workdi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,24 +32,27 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as F
-from torch.utils.data import DataLoader, RandomSampler
+
+from trainers.checkpoints import copy_run_files, stage_run_files
+from trainers.distributed import (
+    DDPConfigError,
+    collective_device,
+    convert_sync_batchnorm,
+    per_worker_batch_size,
+    shard_loader,
+)
+
+from ..digests import digest
 
 __all__ = [
-    "DDPConfigError",
     "WORKER_FAULT_ENV",
-    "ShardedBatchSampler",
-    "shard_loader",
-    "DistributedBatchNorm",
-    "convert_sync_batchnorm",
-    "per_worker_batch_size",
     "DRIVER_CPU_SLIVER",
     "ddp_trial_resources",
     "ddp_run_name",
@@ -61,10 +63,6 @@ __all__ = [
 # once, after step S of epoch E (the marker file records that it did): a worker lost mid-epoch. Read in the
 # driver and handed to the workers, so it works whatever environment Ray started its workers with.
 WORKER_FAULT_ENV = "NAS_SERVICE_INJECT_WORKER_FAULT"
-
-
-class DDPConfigError(ValueError):
-    """A DDP retraining request that cannot run as asked (names the rule and the value)."""
 
 
 # The CPU share of the process that drives a DDP run (a Tune trial waiting on its workers).
@@ -99,189 +97,6 @@ def ddp_trial_resources(workers: int, per_worker: dict[str, float]) -> tuple[dic
     return {"cpu": DRIVER_CPU_SLIVER}, worker
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Sharding the global batch (no Ray: testable in one process)
-
-
-def per_worker_batch_size(batch_size: int, workers: int) -> int:
-    """The share of the global batch each worker trains on.
-
-    Raises:
-        DDPConfigError: ``workers`` < 1, or ``batch_size`` not divisible by ``workers`` (the workers would
-            train on unequal shares and DDP's gradient average would no longer be the global batch's).
-    """
-    if workers < 1:
-        raise DDPConfigError(f"workers: must be >= 1, got {workers}")
-    if batch_size % workers:
-        raise DDPConfigError(
-            f"data.batch_size is the global batch and must be divisible by workers: {batch_size} images over "
-            f"{workers} workers leaves {batch_size % workers} over; use a multiple of {workers}"
-        )
-    return batch_size // workers
-
-
-class ShardedBatchSampler:
-    """This worker's slice of every batch a batch sampler yields.
-
-    Batch ``b`` of the wrapped sampler (a global batch) is cut into ``world_size`` contiguous slices as
-    even as possible and worker ``rank`` gets slice ``rank``. A global batch smaller than ``world_size``
-    would leave some workers empty: with ``equal_steps`` (training, where DDP needs every worker to step
-    together) the batch is dropped on every worker; without it (evaluation) only the empty slices are skipped,
-    so the workers together still see every image exactly once.
-    """
-
-    def __init__(self, batch_sampler: Any, *, rank: int, world_size: int, equal_steps: bool) -> None:
-        if not 0 <= rank < world_size:
-            raise DDPConfigError(f"rank: must be in [0, {world_size}), got {rank}")
-        self.batch_sampler = batch_sampler
-        self.rank, self.world_size, self.equal_steps = rank, world_size, equal_steps
-
-    def _slice(self, batch: list[int]) -> list[int]:
-        n = len(batch)
-        return batch[self.rank * n // self.world_size : (self.rank + 1) * n // self.world_size]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batch_sampler:
-            batch = list(batch)
-            if len(batch) < self.world_size and self.equal_steps:
-                continue
-            part = self._slice(batch)
-            if part:
-                yield part
-
-    def __len__(self) -> int:
-        return len(self.batch_sampler)
-
-
-def shard_loader(loader: DataLoader, *, rank: int, world_size: int) -> DataLoader:
-    """A loader over this worker's slices of ``loader``'s batches (see :class:`ShardedBatchSampler`).
-
-    The new loader draws from ``loader``'s own generator, in the same order as iterating ``loader`` would,
-    so the global batches are exactly the single-process ones for the same ``(seed, epoch)``. Shuffled
-    loaders (a ``RandomSampler``: training) keep every worker at the same number of steps.
-    """
-    if world_size == 1:
-        return loader
-    sampler = ShardedBatchSampler(loader.batch_sampler, rank=rank, world_size=world_size,
-                                  equal_steps=isinstance(loader.sampler, RandomSampler))  # fmt: skip
-    return DataLoader(
-        loader.dataset, batch_sampler=sampler, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-        generator=loader.generator, persistent_workers=loader.persistent_workers,
-    )  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Synchronized batch norm on any device
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over the process group, differentiable: the gradient of a sum is the summed gradient."""
-
-    @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:
-        ctx.group = group
-        out = tensor.clone()
-        dist.all_reduce(out, group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
-
-
-class DistributedBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """Batch norm whose training statistics are those of the global batch, on CPU (gloo) as on GPU.
-
-    ``torch.nn.SyncBatchNorm`` refuses CPU tensors ("expected input tensor to be on GPU"); this module sums
-    per-channel moments with a differentiable all-reduce (two passes:
-    the mean, then the centred squares, as numerically stable as one process's batch norm). Gradients flow
-    through the reduction, so the DDP gradient is the single-process gradient of the global batch. Without
-    an initialized process group of two or more, and in eval mode, it is plain batch norm.
-    """
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, process_group: Any = None) -> None:  # fmt: skip
-        super().__init__(num_features, eps, momentum, affine, track_running_stats)
-        self.process_group = process_group
-
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        if input.dim() < 2:
-            raise ValueError(f"DistributedBatchNorm: expected at least 2-D input, got {input.dim()}-D")
-
-    def _world(self) -> int:
-        if not (dist.is_available() and dist.is_initialized()):
-            return 1
-        return dist.get_world_size(self.process_group or dist.group.WORLD)
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.training or self._world() < 2:
-            return super().forward(input)
-        self._check_input_dim(input)
-        group = self.process_group or dist.group.WORLD
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        dims = [0, *range(2, input.dim())]
-        shape = [1, -1] + [1] * (input.dim() - 2)
-        count = input.new_tensor([input.numel() // input.shape[1]])
-        sums = _AllReduceSum.apply(torch.cat([input.sum(dims), count]), group)
-        n = sums[-1]
-        mean = sums[:-1] / n
-        centred = input - mean.view(shape)
-        var = _AllReduceSum.apply(centred.pow(2).sum(dims), group) / n
-        out = centred * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        if self.track_running_stats:
-            with torch.no_grad():
-                total = float(n)
-                unbiased = var.detach() * (total / max(total - 1.0, 1.0))
-                self.running_mean.mul_(1.0 - factor).add_(mean.detach(), alpha=factor)
-                self.running_var.mul_(1.0 - factor).add_(unbiased, alpha=factor)
-        return out
-
-
-def convert_sync_batchnorm(module: nn.Module, *, device: torch.device) -> nn.Module:
-    """Makes every batch norm of ``module`` synchronized across the DDP workers (in place where possible).
-
-    CUDA uses ``torch.nn.SyncBatchNorm``; other devices :class:`DistributedBatchNorm`. Parameters and buffers
-    are shared with the old layers, so optimizers built on ``module.parameters()`` stay valid and the state
-    dict keeps its keys (a checkpoint loads into the plain network).
-
-    Returns:
-        ``module`` itself, or a new layer when ``module`` is a batch norm.
-    """
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, DistributedBatchNorm):
-        new = DistributedBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                   module.track_running_stats)  # fmt: skip
-        if module.affine:
-            new.weight, new.bias = module.weight, module.bias
-        new.running_mean, new.running_var = module.running_mean, module.running_var
-        new.num_batches_tracked = module.num_batches_tracked
-        new.train(module.training)
-        return new
-    for name, child in module.named_children():
-        replaced = convert_sync_batchnorm(child, device=device)
-        if replaced is not child:
-            module.add_module(name, replaced)
-    return module
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The per-worker loop (runs in Ray Train workers)
-
-
-def _collective_device(device: torch.device) -> torch.device:
-    # NCCL reduces CUDA tensors only; gloo reduces CPU tensors.
-    return device if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
 def _restore_train_checkpoint(workdir: Path) -> int:
     """Copies Ray Train's latest checkpoint into the (empty) worker folder; returns its epoch (0: none)."""
     import ray.train
@@ -290,14 +105,7 @@ def _restore_train_checkpoint(workdir: Path) -> int:
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as folder:
-        files = sorted(Path(folder).glob("epoch_*.pt"))
-        if not files:
-            return 0
-        (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(files[-1], workdir / "checkpoints" / files[-1].name)
-        if (Path(folder) / "best.pt").exists():
-            shutil.copy2(Path(folder) / "best.pt", workdir / "best.pt")
-        return int(files[-1].stem.split("_")[-1])
+        return copy_run_files(folder, workdir)
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -335,7 +143,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None
     queue = loop_config["queue"]
     step_log = Path(loop_config["step_loss_log"]) if loop_config.get("step_loss_log") else None
     fault = loop_config.get("fault")
-    reduce_device = _collective_device(device)
+    reduce_device = collective_device(device)
     # A fresh folder per start: a file rank 0 wrote after Ray's last checkpoint (killed between writing and
     # reporting) must not make it resume from a later epoch than the other ranks.
     workdir = Path(tempfile.mkdtemp(prefix=f"nas-ddp-r{rank}-"))
@@ -364,9 +172,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None
             scalars = _scalar_metrics(metrics)
             if rank == 0 and checkpoint is not None:
                 with tempfile.TemporaryDirectory(prefix="nas-ddp-ckpt-") as staging:
-                    shutil.copy2(checkpoint, Path(staging) / checkpoint.name)
-                    if (workdir / "best.pt").exists():
-                        shutil.copy2(workdir / "best.pt", Path(staging) / "best.pt")
+                    stage_run_files(checkpoint, workdir, staging)
                     ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(staging))
             else:
                 ray.train.report(scalars, checkpoint=None)  # a barrier: every rank calls it
@@ -420,39 +226,24 @@ def ddp_run_name(trial_id: str, config: Any) -> str:
     """A deterministic Ray Train run name: the same trial and config always continue the same run."""
     from trainers.config import config_to_dict
 
-    digest = hashlib.sha256(json.dumps(config_to_dict(config), sort_keys=True).encode()).hexdigest()[:10]
-    return f"ddp-{trial_id}-{digest}"
+    return f"ddp-{trial_id}-{digest(config_to_dict(config), 10, compact=False)}"
 
 
 def _finished_summary(config: Any, workdir: Path) -> dict[str, Any] | None:
     """The summary of a run whose final epoch checkpoint is already in ``workdir`` (else None)."""
     from search_spaces.networks import count_parameters
     from trainers.checkpoints import latest_checkpoint, load_checkpoint
-    from trainers.config import config_to_dict
+    from trainers.config import config_to_dict, same_computation
     from trainers.retrain import build_model, summarize_retrain
 
     latest = latest_checkpoint(workdir / "checkpoints")
     if latest is None:
         return None
     state = load_checkpoint(latest)
-    same = json.dumps(state["config"], sort_keys=True) == json.dumps(config_to_dict(config), sort_keys=True)
-    if not same or int(state["epoch"]) != config.epochs:
+    if not same_computation(state["config"], config_to_dict(config)) or int(state["epoch"]) != config.epochs:
         return None
     return summarize_retrain(json.loads(state["history"]), config, state["spec"],
                              count_parameters(build_model(state["spec"])))  # fmt: skip
-
-
-def _copy_result_checkpoint(checkpoint: Any, workdir: Path) -> None:
-    """Puts the final epoch file and ``best.pt`` into ``workdir``, laid out as a single-process run."""
-    with checkpoint.as_directory() as folder:
-        files = sorted(Path(folder).glob("epoch_*.pt"))
-        if files:
-            (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            tmp = workdir / "checkpoints" / f".{files[-1].name}.tmp"
-            shutil.copy2(files[-1], tmp)
-            os.replace(tmp, workdir / "checkpoints" / files[-1].name)
-        if (Path(folder) / "best.pt").exists():
-            shutil.copy2(Path(folder) / "best.pt", workdir / "best.pt")
 
 
 def run_ddp_retrain(
@@ -599,7 +390,8 @@ def run_ddp_retrain(
 
         raise DivergedError(**result.return_value["diverged"])
     if result.checkpoint is not None:
-        _copy_result_checkpoint(result.checkpoint, workdir)
+        with result.checkpoint.as_directory() as folder:  # laid out as a single-process run's
+            copy_run_files(folder, workdir)
     summary = result.return_value or _finished_summary(config, workdir)
     if summary is None:
         raise RuntimeError(f"Ray Train run {run_name!r} ended without a summary or a final checkpoint")

@@ -10,7 +10,6 @@ The experiment's folders are :class:`nas_service.location.ExperimentLocation`'s;
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Any
 
 from trainers.checkpoints import copy_run_files, stage_run_files
 
+from ..digests import digest
 from ..location import ExperimentLocation
 from ..stage_kinds import STAGE_KINDS, StageKind
 from ..trial_lifecycle import run_trial
@@ -204,8 +204,7 @@ def _optuna_trainable(param: dict[str, Any], *, optuna_plan: Any, location: Expe
 
 
 def _tune_name(stage: str, trial_ids: list[str]) -> str:
-    digest = hashlib.sha256(json.dumps(sorted(trial_ids)).encode()).hexdigest()[:10]
-    return f"{stage}-{digest}"
+    return f"{stage}-{digest(sorted(trial_ids), 10, compact=False)}"
 
 
 def _asha(asha: dict[str, Any] | None, epochs: int) -> Any:
@@ -375,10 +374,9 @@ def run_optuna_trials(
         return StageOutcome(done=set(), errored={}, pending=set(), interrupted=False)
     metric = (asha or {}).get("metric", "valid_top1")
     mode = (asha or {}).get("mode", "max")
-    digest = hashlib.sha256(json.dumps({"stage": stage, "space": optuna_plan.space(), "trials": optuna_plan.trials,
-                                        "seed": optuna_plan.seed, "config": optuna_plan.base_config},
-                                       sort_keys=True).encode()).hexdigest()[:10]  # fmt: skip
-    name = f"{stage}-optuna-{digest}"
+    search = {"stage": stage, "space": optuna_plan.space(), "trials": optuna_plan.trials, "seed": optuna_plan.seed,
+              "config": optuna_plan.base_config}  # fmt: skip
+    name = f"{stage}-optuna-{digest(search, 10, compact=False)}"
     storage_path = location.tune
     trainable = tune.with_resources(
         tune.with_parameters(_optuna_trainable, optuna_plan=optuna_plan, location=location),

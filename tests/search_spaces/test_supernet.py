@@ -7,12 +7,12 @@ import torch
 
 from search_spaces.spaces import list_search_spaces
 from search_spaces.supernet import MixedOp, build_search_network
-from search_spaces.weighting import max_w
+from search_spaces.weighting import list_weightings, max_w
 
 SMALL = dict(C=4, layers=3, steps=2, multiplier=2, in_channels=1, num_classes=10)
 
 
-@pytest.mark.parametrize("weighting", ["scalar", "max_w"])
+@pytest.mark.parametrize("weighting", list_weightings())
 @pytest.mark.parametrize("space", list_search_spaces())
 def test_search_network_forward_backward(space, weighting):
     net = build_search_network(space, weighting=weighting, **SMALL)

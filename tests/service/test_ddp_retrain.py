@@ -21,12 +21,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from nas_service.ray_runtime.train import (
+from nas_service.ray_runtime.train import run_ddp_retrain
+from trainers.distributed import (
     DDPConfigError,
     DistributedBatchNorm,
     convert_sync_batchnorm,
     per_worker_batch_size,
-    run_ddp_retrain,
     shard_loader,
 )
 from tests.helpers import ROOT, free_port
@@ -108,7 +108,7 @@ def test_run_ddp_retrain_refuses_an_uneven_split_before_starting_anything(tmp_pa
 
 _BN_WORKER = """
 import json, sys, torch, torch.distributed as dist
-from nas_service.ray_runtime.train import DistributedBatchNorm
+from trainers.distributed import DistributedBatchNorm
 rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
 torch.manual_seed(0)
@@ -251,3 +251,6 @@ def test_a_finished_run_is_not_started_again(tmp_path):
     from nas_service.ray_runtime.train import _finished_summary
 
     assert _finished_summary(tiny_retrain(epochs=3), tmp_path / "work") is None
+    # Where the data lives does not change what was computed: the same rule as resuming (same_computation).
+    moved = tiny_retrain(epochs=2, data={"root": str(tmp_path / "elsewhere")})
+    assert _finished_summary(moved, tmp_path / "work")["history"] == done["history"]

@@ -16,7 +16,8 @@ import torch
 import yaml
 from torch import nn
 
-from nas_service.ray_runtime.train import DRIVER_CPU_SLIVER, DDPConfigError, ddp_trial_resources
+from nas_service.ray_runtime.train import DRIVER_CPU_SLIVER, ddp_trial_resources
+from trainers.distributed import DDPConfigError
 from nas_service.experiment_runner import stage_scheduling
 from nas_service.spec import SpecError, load_spec
 from trainers.engine import DivergedError, Hooks, evaluate, train_one_epoch

@@ -8,6 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 from search_spaces.supernet import SearchNetwork, build_search_network
+from search_spaces.weighting import list_weightings
 from trainers.architect import Architect, unrolled_arch_gradients
 from trainers.config import ArchOptimConfig, OptimConfig
 
@@ -24,7 +25,7 @@ def _tiny_net(weighting: str) -> SearchNetwork:
     return net
 
 
-@pytest.mark.parametrize("weighting", ["scalar", "max_w"])
+@pytest.mark.parametrize("weighting", list_weightings())
 def test_second_order_gradient_matches_finite_differences(weighting):
     net = _tiny_net(weighting)
     g = torch.Generator().manual_seed(1)
@@ -75,7 +76,7 @@ def test_unrolled_step_leaves_the_model_untouched():
 
 
 @pytest.mark.parametrize("order", [1, 2])
-@pytest.mark.parametrize("space", ["darts", "sharp_darts"])
+@pytest.mark.parametrize("space", ["darts", "sharp_darts"])  # one space per op set
 def test_architect_step_moves_only_the_architecture(order, space):
     net = build_search_network(space, C=4, layers=3, steps=2, multiplier=2, in_channels=1)
     weights = [p.detach().clone() for p in net.weight_parameters()]

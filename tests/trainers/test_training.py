@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from search_spaces.spaces import list_search_spaces
+from search_spaces.weighting import list_weightings
 from trainers.checkpoints import latest_checkpoint, list_epoch_checkpoints
 from trainers.config import ConfigError, config_from_dict, get_recipe, with_overrides
 from trainers.engine import DivergedError, Hooks
@@ -40,7 +41,7 @@ class _StopAfter:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("weighting", ["scalar", "max_w"])
+@pytest.mark.parametrize("weighting", list_weightings())
 @pytest.mark.parametrize("space", list_search_spaces())
 def test_cell_search_on_digits_reaches_80_percent_in_two_epochs(space, weighting, tmp_path):
     config = with_overrides(get_recipe("digits_search"), {"space": space, "weighting": weighting, **FAST_SEARCH})
@@ -55,7 +56,7 @@ def test_cell_search_on_digits_reaches_80_percent_in_two_epochs(space, weighting
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("weighting", ["scalar", "max_w"])
+@pytest.mark.parametrize("weighting", list_weightings())
 def test_dhgs_on_digits_reaches_80_percent(weighting, tmp_path):
     config = with_overrides(get_recipe("digits_hypercuboid_search"), {"weighting": weighting, "epochs": 4})
     summary = run_hypercuboid_search(config, workdir=tmp_path)
