@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,7 +203,3 @@ def run_experiment(
         command = f"nas-service run {shlex.quote(spec_path)}" if spec_path else "the same command"
         out(f"experiment {spec.name} is not complete; rerun {command} to resume (finished trials are kept)")
     return outcome
-
-
-def default_spec_command(argv: list[str] | None = None) -> str:
-    return " ".join(shlex.quote(a) for a in (argv or sys.argv))

@@ -44,41 +44,14 @@ import yaml
 from pydantic import Field, GetCoreSchemaHandler, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .spec_models import (  # noqa: F401  (re-exported: the spec's public names live here)
-    AshaSpec,
-    DataDefaults,
-    FromRef,
-    InlineGenotype,
-    InlinePath,
-    Issue,
-    Name,
-    OptunaSpec,
-    RandomPaths,
-    Resources,
-    SpecError,
-    SpecModel,
-    StrictInt,
-    article,
-    data_overrides_issues,
-    issues_from_validation,
-    nest_dotted,
-    resolve_local,
-    show,
-    stage_base_config,
-    sweep_points,
-)
+from .spec_models import (  # noqa: F401  (Resources, SpecError, stage_base_config: re-exported)
+    DataDefaults, Issue, Name, Resources, SpecError, SpecModel, StrictInt, article, data_overrides_issues,
+    issues_from_validation, resolve_local, show, stage_base_config,
+)  # fmt: skip
 from .stage_kinds import STAGE_KINDS
-from .stage_kinds.cell_search import CellSearchStage  # noqa: F401
-from .stage_kinds.evaluate import EvaluateStage  # noqa: F401
-from .stage_kinds.grid import GridStage  # noqa: F401
-from .stage_kinds.hypercuboid_search import HyperCuboidSearchStage  # noqa: F401
-from .stage_kinds.retrain import RetrainStage  # noqa: F401
 
-__all__ = [
-    "Issue", "SpecError", "DataDefaults", "Resources", "FromRef", "InlineGenotype", "InlinePath", "RandomPaths",
-    "OptunaSpec", "AshaSpec", "Stage", "ExperimentSpec", "load_spec", "check_spec", "stage_base_config",
-    "sweep_points", "nest_dotted", "schema_text", "write_schema", "SCHEMA_PATH",
-]  # fmt: skip
+__all__ = ["ExperimentSpec", "Stage", "SpecError", "load_spec", "check_spec", "stage_base_config", "schema_text",
+           "write_schema", "SCHEMA_PATH"]  # fmt: skip
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "experiment.schema.json"
 

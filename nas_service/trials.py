@@ -28,20 +28,19 @@ from __future__ import annotations
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from search_spaces.genotypes import Genotype
-from search_spaces.hypercuboid import random_path
-from search_spaces.paths import HYPERCUBOID_OPS, HyperCuboidPath, PathStage, resolve_path
+from search_spaces.paths import HYPERCUBOID_OPS, HyperCuboidPath, PathStage, random_path, resolve_path
 from search_spaces.spaces import get_search_space
-from trainers.config import ConfigError, config_from_dict, config_to_dict, with_overrides, without_result_neutral_fields
+from trainers.config import ConfigError, config_from_dict, config_to_dict, with_overrides
+from trainers.identity import without_result_neutral_fields
 
 from .digests import canonical_json, digest
-from .spec_models import AshaSpec, InlineGenotype, InlinePath, RandomPaths, Resources, nest_dotted, sweep_points
+from .spec_models import AshaSpec, InlineGenotype, InlinePath, RandomPaths, Resources, nest_dotted
 
 ID_LENGTH = 12
 ARM_ID_LENGTH = 10

@@ -29,9 +29,14 @@ from torch.nn import functional as F
 
 from .genotypes import Edge, Genotype, default_op_set, resolve_genotype
 from .ops import FactorizedReduce, Identity, ReLUConvBN, build_op
+from .hypercuboid import build_hypercuboid_op
+from .ops import SharpSepConv
+from .paths import HyperCuboidError, HyperCuboidPath, PathError, resolve_path
 from .registry import Registry
 
 __all__ = [
+    "LinearPathNetwork",
+    "build_path_network",
     "drop_path",
     "Cell",
     "AuxiliaryHead",
@@ -645,3 +650,55 @@ def count_multiply_adds(
             handle.remove()
         model.train(was_training)
     return total
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Linear path networks
+
+
+class LinearPathNetwork(nn.Module):
+    """The final model of a HyperCuboid path (spec 7.4): one linear chain, no cells, aux head or drop path.
+
+    stem ``Conv3x3(in -> stem) + BN`` -> the stages' ops in order -> ``SharpSepConv(c_last -> head, 3x3)``
+    -> global average pooling -> ``Linear(head, num_classes)``. ``forward`` returns the logits.
+
+    Args:
+        path: the path (validated again here).
+        num_classes: output classes.
+        in_channels: image channels (3 for CIFAR, 1 for digits).
+    """
+
+    def __init__(self, path: HyperCuboidPath, *, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        if num_classes < 1 or in_channels < 1:
+            raise HyperCuboidError(
+                f"LinearPathNetwork needs num_classes, in_channels >= 1, got {num_classes=}, {in_channels=}"
+            )
+        self.path = path.validate()
+        if path.head_channels < 1:
+            raise PathError(f"head_channels must be >= 1, got {path.head_channels}")
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, path.stem_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(path.stem_channels),
+        )
+        self.stages = nn.Sequential(
+            *(build_hypercuboid_op(s.op, s.c_in, s.c_out, s.stride) for s in path.stages)
+        )
+        self.head = SharpSepConv(path.final_channels, path.head_channels, 3, 1, 1, affine=True)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(path.head_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.stages(self.stem(x)))
+        return self.classifier(self.global_pooling(x).flatten(1))
+
+
+def build_path_network(
+    path: HyperCuboidPath | str | dict, *, num_classes: int = 10, in_channels: int = 3
+) -> LinearPathNetwork:
+    """Builds the linear network of ``path``: a path, a published name, JSON text, a .json file or a mapping.
+
+    Example:
+        >>> net = build_path_network("MULTI_CHANNEL_HANDMADE_PATH", num_classes=10, in_channels=3)
+    """
+    return LinearPathNetwork(resolve_path(path), num_classes=num_classes, in_channels=in_channels)

@@ -16,6 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from nas_service import result_values as RV
 from nas_service import results as R
 from nas_service.results import (
     RESULTS_SCHEMA_VERSION,
@@ -518,6 +519,6 @@ def test_hardware_and_versions():
 
 def test_utc_conversion():
     naive = dt.datetime(2024, 1, 1, 12)
-    assert R._utc(naive, "t") == dt.datetime(2024, 1, 1, 12, tzinfo=dt.timezone.utc)
+    assert RV.utc(naive, "t") == dt.datetime(2024, 1, 1, 12, tzinfo=dt.timezone.utc)
     with pytest.raises(ResultsError, match="ISO 8601"):
-        R._utc("yesterday", "finished_at")
+        RV.utc("yesterday", "finished_at")

@@ -8,11 +8,9 @@ naming the field path, so a typo in a spec never silently falls back to a defaul
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from types import EllipsisType
 from typing import Annotated, Any, Literal, TypeVar
@@ -41,35 +39,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "with_overrides",
-    "RESULT_NEUTRAL_FIELDS",
-    "without_result_neutral_fields",
-    "same_computation",
 ]
-
-# Fields that say where the data is or how a run spends memory, not what it computes: a run may resume
-# with other values (the checkpoint check ignores them) and trial ids leave them out.
-RESULT_NEUTRAL_FIELDS: tuple[tuple[str, ...], ...] = (
-    ("data", "root"), ("data", "download"), ("data", "num_workers"), ("activation_checkpointing",),
-)  # fmt: skip
-
-
-def without_result_neutral_fields(config: Mapping[str, Any], extra: tuple[tuple[str, ...], ...] = ()) -> dict[str, Any]:
-    """A deep copy of a config dict without :data:`RESULT_NEUTRAL_FIELDS` (and the ``extra`` paths)."""
-    out = copy.deepcopy(dict(config))
-    for path in RESULT_NEUTRAL_FIELDS + extra:
-        node: Any = out
-        for part in path[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(path[-1], None)
-    return out
-
-
-def same_computation(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two config dicts compute the same thing (they may differ in result-neutral fields): the one
-    rule for "may this checkpoint resume, or stand as finished, for that config?"."""
-    return without_result_neutral_fields(a) == without_result_neutral_fields(b)
-
 
 class ConfigError(ValueError):
     """A bad configuration value, ``<path>: <rule>, got <value!r>`` (e.g. ``arch.betas[1]: must be a number,
@@ -104,6 +74,9 @@ class DataConfig:
         train_portion: the search split: the first part trains weights, the rest architecture weights.
         imagenet_std_bug: reproduce the reference's ImageNet normalisation (std = mean); off by default.
         download: let torchvision download CIFAR-10 when the network allows.
+        random_shift: digits only: translate training images by up to this many pixels (zero fill), 0: off.
+
+    The transforms (:mod:`trainers.transforms`) read the augmentation fields of this same object.
     """
 
     dataset: str = "digits"
@@ -118,10 +91,13 @@ class DataConfig:
     imagenet_std_bug: bool = False
     download: bool = False
     num_workers: int = 0
+    random_shift: int = 0
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "data.batch_size", ">= 1", self.batch_size)
-        _check(self.cutout >= 0, "data.cutout", ">= 0", self.cutout)
+        _check(self.cutout >= 0, "data.cutout", ">= 0 (0 = off)", self.cutout)
+        _check(self.cutout_holes >= 1, "data.cutout_holes", ">= 1", self.cutout_holes)
+        _check(self.random_shift >= 0, "data.random_shift", ">= 0 (0 = off)", self.random_shift)
         _check(0.0 < self.train_portion < 1.0, "data.train_portion", "in (0, 1)", self.train_portion)
 
 

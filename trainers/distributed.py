@@ -12,7 +12,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, RandomSampler
 
 __all__ = ["DDPConfigError", "per_worker_batch_size", "ShardedBatchSampler", "shard_loader", "DistributedBatchNorm",

@@ -20,7 +20,8 @@ from .checkpoints import (
     restore_rng_state,
     write_epoch_checkpoint,
 )
-from .config import TrainConfig, config_to_dict, same_computation
+from .config import TrainConfig, config_to_dict
+from .identity import same_computation
 from .engine import Hooks
 from .schedules import ScheduleSpec
 

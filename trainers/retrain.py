@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from search_spaces.genotypes import default_op_set, resolve_genotype
-from search_spaces.hypercuboid import build_path_network
+from search_spaces.networks import build_path_network
 from search_spaces.networks import build_network, count_parameters
 from search_spaces.paths import resolve_path
 

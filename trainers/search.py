@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search_spaces import hypercuboid
+from search_spaces import hypercuboid, paths
 from search_spaces.supernet import SearchNetwork, build_search_network
 
 from .architect import Architect
@@ -50,13 +50,13 @@ def describe_hypercuboid(model: hypercuboid.HyperCuboidSupernet) -> dict[str, An
     weights = model.arch_weights().detach()
     channels = model.channels
     head = model.head_channels
-    path = hypercuboid.extract_path(weights, channels, head_channels=head)
+    path = paths.extract_path(weights, channels, head_channels=head)
     entropies = hypercuboid.entropy_per_group(weights)
     return {
         "path": path.to_dict(),
-        "path_weight": float(hypercuboid.path_weight(weights, path, channels)),
-        "path_greedy_top_down": hypercuboid.greedy_path(weights, channels, direction="top_down", head_channels=head).to_dict(),
-        "path_greedy_bottom_up": hypercuboid.greedy_path(weights, channels, direction="bottom_up", head_channels=head).to_dict(),
+        "path_weight": float(paths.path_weight(weights, path, channels)),
+        "path_greedy_top_down": paths.greedy_path(weights, channels, direction="top_down", head_channels=head).to_dict(),
+        "path_greedy_bottom_up": paths.greedy_path(weights, channels, direction="bottom_up", head_channels=head).to_dict(),
         "arch_entropy_groups_nats": [[float(v) for v in row] for row in entropies],
         "arch_entropy_mean_nats": float(entropies.mean()),
     }

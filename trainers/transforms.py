@@ -21,17 +21,17 @@ The reference ports AutoAugment from DeVries' ``CIFAR10Policy``/``ImageNetPolicy
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .config import DataConfig
 
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "AugmentConfig",
     "Cutout",
     "RandomShift",
     "TensorNormalize",
@@ -50,43 +50,6 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Which training augmentations to apply; evaluation transforms ignore all of it except the std bug.
-
-    Field names match :class:`trainers.config.DataConfig` so one maps onto the other field by field
-    (see :meth:`from_data_config`).
-
-    Args:
-        autoaugment: add the data set's AutoAugment policy (CIFAR-10 or ImageNet; digits has none).
-        cutout: Cutout side length in pixels after normalisation, 0 for off (paper: 16 CIFAR, 112 ImageNet).
-        cutout_holes: holes per image (paper: 1 CIFAR, 2 ImageNet).
-        random_shift: digits only: translate by up to this many pixels (zero fill), 0 for off.
-        imagenet_std_bug: divide ImageNet inputs by the mean instead of the std, as the reference's
-            ``_data_transforms_imagenet`` does (spec 4.4); applies to training and evaluation alike.
-    """
-
-    autoaugment: bool = False
-    cutout: int = 0
-    cutout_holes: int = 1
-    random_shift: int = 0
-    imagenet_std_bug: bool = False
-
-    def __post_init__(self) -> None:
-        if self.cutout < 0:
-            raise ValueError(f"augment.cutout: must be >= 0 (0 = off), got {self.cutout}")
-        if self.cutout_holes < 1:
-            raise ValueError(f"augment.cutout_holes: must be >= 1, got {self.cutout_holes}")
-        if self.random_shift < 0:
-            raise ValueError(f"augment.random_shift: must be >= 0 (0 = off), got {self.random_shift}")
-
-    @classmethod
-    def from_data_config(cls, data: Any) -> AugmentConfig:
-        """Reads the augmentation fields of a ``DataConfig``-like object (missing fields keep defaults)."""
-        names = ("autoaugment", "cutout", "cutout_holes", "random_shift", "imagenet_std_bug")
-        return cls(**{name: getattr(data, name) for name in names if hasattr(data, name)})
 
 
 class Cutout:
@@ -191,11 +154,11 @@ class Compose:
         return f"{type(self).__name__}([{inner}\n])"
 
 
-def _cutout(augment: AugmentConfig) -> list[Callable[[Any], Any]]:
+def _cutout(augment: DataConfig) -> list[Callable[[Any], Any]]:
     return [Cutout(augment.cutout, augment.cutout_holes)] if augment.cutout > 0 else []
 
 
-def cifar_train_transform(augment: AugmentConfig = AugmentConfig()) -> Callable[[Any], torch.Tensor]:
+def cifar_train_transform(augment: DataConfig = DataConfig()) -> Callable[[Any], torch.Tensor]:
     """The CIFAR-10 training pipeline for PIL images (spec 4.4): crop + flip (+ AutoAugment) + Cutout."""
     from torchvision import transforms as T
 
@@ -224,13 +187,13 @@ def cifar_eval_transform() -> Callable[[Any], torch.Tensor]:
 
 
 def imagenet_normalization(
-    augment: AugmentConfig = AugmentConfig(),
+    augment: DataConfig = DataConfig(),
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) for ImageNet; with ``imagenet_std_bug`` the std is the mean (reference bug, spec 4.4)."""
     return IMAGENET_MEAN, (IMAGENET_MEAN if augment.imagenet_std_bug else IMAGENET_STD)
 
 
-def imagenet_train_transform(augment: AugmentConfig = AugmentConfig()) -> Callable[[Any], torch.Tensor]:
+def imagenet_train_transform(augment: DataConfig = DataConfig()) -> Callable[[Any], torch.Tensor]:
     """ImageNet training: RandomResizedCrop(224) + flip (+ AutoAugment) + Normalize (+ Cutout).
 
     The reference normalises and cuts out on the GPU in its ``data_prefetcher``; doing it per image here
@@ -248,7 +211,7 @@ def imagenet_train_transform(augment: AugmentConfig = AugmentConfig()) -> Callab
     return T.Compose(steps)
 
 
-def imagenet_eval_transform(augment: AugmentConfig = AugmentConfig()) -> Callable[[Any], torch.Tensor]:
+def imagenet_eval_transform(augment: DataConfig = DataConfig()) -> Callable[[Any], torch.Tensor]:
     """ImageNet evaluation: Resize(256) + CenterCrop(224) + Normalize (honours ``imagenet_std_bug``)."""
     from torchvision import transforms as T
 
@@ -257,7 +220,7 @@ def imagenet_eval_transform(augment: AugmentConfig = AugmentConfig()) -> Callabl
 
 
 def digits_train_transform(
-    augment: AugmentConfig, mean: Sequence[float], std: Sequence[float]
+    augment: DataConfig, mean: Sequence[float], std: Sequence[float]
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Digits training on (1, 8, 8) tensors in [0, 1]: optional shift, Normalize, optional Cutout."""
     if augment.autoaugment:

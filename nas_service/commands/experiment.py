@@ -43,7 +43,6 @@ SPEC_BASE_ENV = "NAS_SERVICE_SPEC_BASE"  # ...and the folder its relative paths 
 
 def _load(spec_path: str, storage: str | None):
     import os
-    from pathlib import Path
 
     from nas_service.location import resolve_storage
     from nas_service.spec import load_spec

@@ -225,15 +225,17 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None
 def ddp_run_name(trial_id: str, config: Any) -> str:
     """A deterministic Ray Train run name: the same trial and config always continue the same run."""
     from trainers.config import config_to_dict
+    from trainers.identity import without_later_defaults
 
-    return f"ddp-{trial_id}-{digest(config_to_dict(config), 10, compact=False)}"
+    return f"ddp-{trial_id}-{digest(without_later_defaults(config_to_dict(config)), 10, compact=False)}"
 
 
 def _finished_summary(config: Any, workdir: Path) -> dict[str, Any] | None:
     """The summary of a run whose final epoch checkpoint is already in ``workdir`` (else None)."""
     from search_spaces.networks import count_parameters
     from trainers.checkpoints import latest_checkpoint, load_checkpoint
-    from trainers.config import config_to_dict, same_computation
+    from trainers.config import config_to_dict
+    from trainers.identity import same_computation
     from trainers.retrain import build_model, summarize_retrain
 
     latest = latest_checkpoint(workdir / "checkpoints")

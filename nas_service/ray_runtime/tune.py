@@ -10,7 +10,6 @@ The experiment's folders are :class:`nas_service.location.ExperimentLocation`'s;
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil

@@ -9,17 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from search_spaces.hypercuboid import (
+from search_spaces.hypercuboid import HyperCuboidSupernet, channel_set, entropy_per_group, joint_softmax
+from search_spaces.networks import LinearPathNetwork, build_path_network
+from search_spaces.paths import (
     HyperCuboidError,
-    HyperCuboidSupernet,
-    LinearPathNetwork,
-    build_path_network,
-    channel_set,
-    entropy_per_group,
     extract_path,
     get_path_method,
     greedy_path,
-    joint_softmax,
     list_path_methods,
     path_weight,
     random_path,

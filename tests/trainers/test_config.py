@@ -23,7 +23,8 @@ from trainers.config import (
 from trainers.schedules import SCHEDULES, ScheduleError, ScheduleSpec
 
 # sha256 of json.dumps(config_to_dict(recipe), sort_keys=True), recorded before the pydantic reader and the
-# ScheduleConfig / ScheduleSpec merge: trial ids hash these dicts, so a refactor must not change them.
+# ScheduleConfig / ScheduleSpec merge: trial ids hash these dicts, so a refactor must not change them. Fields
+# added since (LATER_FIELDS) are left out at their default, as trial ids leave them out.
 PINNED_RECIPES = {
     "darts_search_60": "9ffc60f9df1c9b12",
     "sharp_search_120": "87ee831c5d72ee41",
@@ -38,7 +39,10 @@ PINNED_RECIPES = {
 
 
 def _digest(config) -> str:
-    return hashlib.sha256(json.dumps(config_to_dict(config), sort_keys=True).encode()).hexdigest()[:16]
+    from trainers.identity import without_later_defaults
+
+    data = without_later_defaults(config_to_dict(config))
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in list_recipes()])

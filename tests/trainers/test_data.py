@@ -16,9 +16,11 @@ from torch.utils.data import Dataset
 
 from search_spaces.registry import UnknownNameError
 from trainers import data as D
+from trainers import datasets
+from trainers.config import DataConfig, config_to_dict
+from trainers.identity import without_result_neutral_fields
 from trainers.data import (
     ArchBatchStream,
-    AugmentConfig,
     DatasetFormatError,
     DatasetNotFoundError,
     cycle_batches,
@@ -144,7 +146,7 @@ def test_digits_splits_are_disjoint_fixed_and_shaped():
     assert a.train.pool is a.valid.pool
     assert not set(a.train.indices) & set(a.valid.indices)
     assert set(a.train.indices) | set(a.valid.indices) == set(range(len(a.train.pool)))
-    _, _, pool_idx, test_idx = D._digits()
+    _, _, pool_idx, test_idx = datasets._digits()
     assert not set(pool_idx) & set(test_idx) and len(pool_idx) + len(test_idx) == 1797
     np.testing.assert_array_equal(a.valid.indices, b.valid.indices)
     for split in (a.train, a.valid, a.test):
@@ -173,14 +175,14 @@ def test_digits_normalised_by_training_statistics():
 
 def test_digits_augmentations():
     with pytest.raises(ValueError, match="autoaugment"):
-        load_splits("digits", augment=AugmentConfig(autoaugment=True))
+        load_splits("digits", augment=DataConfig(autoaugment=True))
     img = torch.zeros(1, 8, 8)
     img[0, 3, 3] = 1.0
     torch.manual_seed(0)
     moved = [torch.nonzero(RandomShift(1)(img)[0]).tolist() for _ in range(30)]
     assert all(len(m) == 1 and abs(m[0][0] - 3) <= 1 and abs(m[0][1] - 3) <= 1 for m in moved)
     assert len({tuple(m[0]) for m in moved}) > 1
-    shifted = load_splits("digits", augment=AugmentConfig(random_shift=1, cutout=2))
+    shifted = load_splits("digits", augment=DataConfig(random_shift=1, cutout=2))
     assert shifted.train[0][0].shape == (1, 8, 8)
 
 
@@ -350,7 +352,7 @@ def test_cifar_cutout_runs_after_normalisation():
     from PIL import Image
 
     white = Image.fromarray(np.full((32, 32, 3), 255, np.uint8))
-    transform = cifar_train_transform(AugmentConfig(cutout=8))
+    transform = cifar_train_transform(DataConfig(cutout=8))
     assert isinstance(transform.transforms[-1], Cutout)
     torch.manual_seed(3)
     out = transform(white)
@@ -364,12 +366,12 @@ def test_autoaugment_pipelines():
     from torchvision import transforms as T
 
     img = Image.fromarray(np.random.RandomState(0).randint(0, 256, (32, 32, 3)).astype(np.uint8))
-    cifar = cifar_train_transform(AugmentConfig(autoaugment=True, cutout=16))
+    cifar = cifar_train_transform(DataConfig(autoaugment=True, cutout=16))
     kinds = [type(t) for t in cifar.transforms]
     assert kinds[:4] == [T.Pad, T.RandomCrop, T.RandomHorizontalFlip, T.AutoAugment]
     assert cifar.transforms[3].policy == T.AutoAugmentPolicy.CIFAR10
     assert cifar(img).shape == (3, 32, 32)
-    imagenet = imagenet_train_transform(AugmentConfig(autoaugment=True, cutout=112, cutout_holes=2))
+    imagenet = imagenet_train_transform(DataConfig(autoaugment=True, cutout=112, cutout_holes=2))
     assert imagenet.transforms[2].policy == T.AutoAugmentPolicy.IMAGENET
     assert imagenet.transforms[-1].n_holes == 2 and imagenet.transforms[-1].length == 112
     assert imagenet(img).shape == (3, 224, 224)
@@ -379,19 +381,25 @@ def test_autoaugment_pipelines():
 def test_imagenet_std_bug_flag(bug):
     from torchvision import transforms as T
 
-    for transform in (imagenet_train_transform(AugmentConfig(imagenet_std_bug=bug)),
-                      imagenet_eval_transform(AugmentConfig(imagenet_std_bug=bug))):  # fmt: skip
+    for transform in (imagenet_train_transform(DataConfig(imagenet_std_bug=bug)),
+                      imagenet_eval_transform(DataConfig(imagenet_std_bug=bug))):  # fmt: skip
         (norm,) = [t for t in transform.transforms if isinstance(t, T.Normalize)]
         assert (tuple(norm.std) == IMAGENET_MEAN) == bug
 
 
-def test_augment_config_from_data_config():
-    from trainers.config import DataConfig
+def test_the_data_config_is_the_augmentation_config_and_checks_it():
+    from trainers.config import ConfigError, config_from_dict, get_recipe, with_overrides
 
-    augment = AugmentConfig.from_data_config(DataConfig(cutout=16, cutout_holes=2, autoaugment=True))
-    assert augment == AugmentConfig(autoaugment=True, cutout=16, cutout_holes=2)
-    with pytest.raises(ValueError, match="cutout"):
-        AugmentConfig(cutout=-1)
+    for field, value in (("cutout", -1), ("cutout_holes", 0), ("random_shift", -1)):
+        with pytest.raises(ConfigError, match=f"data.{field}: must be >= "):
+            DataConfig(**{field: value})
+    # random_shift is reachable from configs (and specs) now; at its default it leaves a trial's identity alone.
+    shifted = with_overrides(get_recipe("digits_retrain"), {"data": {"random_shift": 1}})
+    assert config_from_dict({**config_to_dict(shifted)}).data.random_shift == 1
+    plain = config_to_dict(get_recipe("digits_retrain"))
+    assert "random_shift" in plain["data"]
+    assert "random_shift" not in without_result_neutral_fields(plain)["data"]
+    assert "random_shift" in without_result_neutral_fields(config_to_dict(shifted))["data"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -422,7 +430,7 @@ def test_make_loader_order_and_augmentation_derive_from_seed_and_epoch():
 
 
 def test_make_loader_is_independent_of_workers():
-    splits = load_splits("digits", purpose="search", augment=AugmentConfig(cutout=3, random_shift=1))
+    splits = load_splits("digits", purpose="search", augment=DataConfig(cutout=3, random_shift=1))
     subset = D.SplitDataset(splits.train.pool, splits.train.indices[:40], splits.train.transform)
     x0, y0 = zip(*make_loader(subset, batch_size=8, shuffle=True, seed=1, epoch=2))
     x2, y2 = zip(*make_loader(subset, batch_size=8, shuffle=True, seed=1, epoch=2, num_workers=2))
