@@ -385,6 +385,11 @@ class ResultsStore:
             base = "/"  # an experiment folder at the root of a local disk
         return cls(base, experiment, filesystem=fs)
 
+    def experiment_exists(self) -> bool:
+        """Whether the experiment's folder exists (readers refuse a path that names no experiment)."""
+        parent = self.root.rpartition("/")[0] or "/"
+        return self.filesystem.get_file_info(parent).type != pafs.FileType.NotFound
+
     def __repr__(self) -> str:
         return f"ResultsStore({self.root!r}, filesystem={self.filesystem.type_name})"
 

@@ -291,6 +291,10 @@ class TrainStageBase(StageBase):
         default_factory=dict, description="the axes: dotted config field -> list of values (a grid over all)"
     )
     seeds: list[StrictInt] = Field(default_factory=lambda: [0], min_length=1, description="an axis")
+    baseline: str | None = Field(
+        None, description="the arm the report compares the stage's other arms with: its label as `plan` shows "
+        "it (e.g. genotype=DARTS_V2) or its arm id; `report --baseline` overrides it",
+    )  # fmt: skip
 
     @field_validator("seeds")
     @classmethod

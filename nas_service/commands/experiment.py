@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,8 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default=None, help="write to this file (parquet needs one)")
     p.set_defaults(func=_results)
 
-    p = subparsers.add_parser("report", help="comparison per stage and arm: mean and spread over seeds, cost")
-    p.add_argument("experiment")
+    p = subparsers.add_parser("report", help="comparison per stage and arm: mean, spread and 95% intervals over "
+                              "replicates, tests against a baseline arm, cost")  # fmt: skip
+    p.add_argument("experiment", help="<storage>/<experiment name>, a folder or a URI")
+    p.add_argument("--baseline", action="append", default=[], metavar="[STAGE=]ARM",
+                   help="compare every arm with this arm (label or id); bare ARM: every stage that has it")
+    p.add_argument("--format", default="text", help="text (default), markdown, json or csv")
+    p.add_argument("-o", "--output", default=None, help="a folder: writes report.md and the tables as CSV and JSON")
     p.set_defaults(func=_report)
 
 
@@ -74,7 +80,11 @@ def _run(args: argparse.Namespace) -> int:
     if outcome.interrupted:
         print(f"interrupted; resume with: {resume}", file=sys.stderr)
     print()
-    print(format_report(ResultsStore(spec.storage, spec.name).trials()))
+    baselines = {s.name: s.baseline for s in spec.stages if getattr(s, "baseline", None)}
+    try:
+        print(format_report(ResultsStore(spec.storage, spec.name).trials(), baselines))
+    except ValueError as err:  # e.g. a baseline arm that the stage does not have: the run itself stands
+        print(f"nas-service run: report: {err}", file=sys.stderr)
     return outcome.exit_code
 
 
@@ -91,18 +101,17 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from nas_service.report import status_table
-    from nas_service.results import ResultsStore
 
-    store = ResultsStore.from_experiment_path(args.experiment)
+    store = _existing_store(args.experiment)
     table = status_table(store.trials(), store.epochs())
     print("no trials recorded yet" if table.empty else table.to_string(index=False))
     return 0
 
 
 def _results(args: argparse.Namespace) -> int:
-    from nas_service.results import ResultsStore, serialize
+    from nas_service.results import serialize
 
-    store = ResultsStore.from_experiment_path(args.experiment)
+    store = _existing_store(args.experiment)
     frame = store.trials() if args.table == "trials" else store.epochs()
     if args.output:
         store_format = None if args.format == "table" else args.format
@@ -118,9 +127,41 @@ def _results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
-    from nas_service.report import format_report
+def _existing_store(path: str):
     from nas_service.results import ResultsStore
 
-    print(format_report(ResultsStore.from_experiment_path(args.experiment).trials()))
+    store = ResultsStore.from_experiment_path(path)
+    if not store.experiment_exists():
+        raise FileNotFoundError(f"experiment: no experiment folder at {path!r} (give <storage>/<experiment name>)")
+    return store
+
+
+def baselines_from(options: list[str], trials: Any) -> dict[str, str]:
+    """``--baseline STAGE=ARM`` for one stage, ``--baseline ARM`` for every stage with an arm so labelled
+    (labels hold ``=`` too, e.g. ``genotype=DARTS_V2``: the prefix counts as a stage only if one has its name)."""
+    out: dict[str, str] = {}
+    stage_names = set(trials["stage"]) if not trials.empty else set()
+    for option in options:
+        stage, sep, arm = option.partition("=")
+        if sep and stage in stage_names:
+            out[stage] = arm
+            continue
+        labels = trials.get("extra.arm_label", trials["arm"]) if not trials.empty else []
+        stages = sorted({s for s, a, label in zip(trials["stage"], trials["arm"], labels) if option in (a, label)}) \
+            if not trials.empty else []  # fmt: skip
+        if not stages:
+            raise ValueError(f"--baseline: no stage has an arm {option!r}")
+        out.update({s: option for s in stages})
+    return out
+
+
+def _report(args: argparse.Namespace) -> int:
+    from nas_service.report import format_report, write_report
+
+    trials = _existing_store(args.experiment).trials()
+    baselines = baselines_from(args.baseline, trials)
+    if args.output:
+        print(write_report(trials, args.output, baselines))
+        return 0
+    print(format_report(trials, baselines, args.format))
     return 0
