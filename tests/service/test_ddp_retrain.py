@@ -107,7 +107,7 @@ def test_run_ddp_retrain_refuses_an_uneven_split_before_starting_anything(tmp_pa
 # Synchronized batch norm on CPU
 
 _BN_WORKER = """
-import json, sys, torch, torch.distributed as dist
+import json, os, sys, torch, torch.distributed as dist
 from trainers.distributed import DistributedBatchNorm
 rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -119,9 +119,14 @@ with torch.no_grad():
 part = x[rank * 4:(rank + 1) * 4].clone().requires_grad_()
 y = bn(part)
 (y * g[rank * 4:(rank + 1) * 4]).sum().backward()
-json.dump({"y": y.tolist(), "dx": part.grad.tolist(), "dw": bn.weight.grad.tolist(), "db": bn.bias.grad.tolist(),
-           "mean": bn.running_mean.tolist(), "var": bn.running_var.tolist()}, open(out, "w"))
+with open(out, "w") as f:
+    json.dump({"y": y.tolist(), "dx": part.grad.tolist(), "dw": bn.weight.grad.tolist(), "db": bn.bias.grad.tolist(),
+               "mean": bn.running_mean.tolist(), "var": bn.running_var.tolist()}, f)
+dist.barrier()
 dist.destroy_process_group()
+# torch 2.14's gloo sometimes aborts in interpreter teardown after all of the above has finished ("terminate
+# called without an active exception", about 1 run in 5 on 2 cores): the results are written, so skip teardown.
+os._exit(0)
 """
 
 
