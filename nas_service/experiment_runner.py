@@ -15,6 +15,8 @@ from typing import Any
 
 from . import ray_runtime
 from .planner import Plan, max_concurrent_trials, plan
+from .progress import ProgressView, StageProgress, uniform_epochs
+from .result_values import package_versions, utc
 from .results import ResultsStore
 from .spec import ExperimentSpec
 from .stage_kinds import STAGE_KINDS
@@ -137,8 +139,12 @@ def run_experiment(
     num_cpus: int | None = None,
     spec_path: str | None = None,
     out: Callable[[str], None] = lambda line: print(line, flush=True),
+    live_progress: bool | None = None,
 ) -> RunOutcome:
-    """Runs (or resumes) every stage of ``spec``; returns how it ended."""
+    """Runs (or resumes) every stage of ``spec``; returns how it ended.
+
+    ``live_progress``: a live progress table (rich) instead of plain status lines; default: when standard
+    output is a terminal."""
     location = spec.location
     store = ResultsStore.of(location)
     ddp_stages = any(getattr(stage, "workers", 1) > 1 for stage in spec.stages)
@@ -147,8 +153,13 @@ def run_experiment(
     concurrency = max_concurrent_trials(per_trial, resources.get("CPU", 1), resources.get("GPU", 0))
     out(f"experiment {spec.name}: storage {spec.storage}; Ray has {resources.get('CPU', 0):g} CPUs, "
         f"{resources.get('GPU', 0):g} GPUs; up to {concurrency} trials at once")  # fmt: skip
+    store.write_experiment_record({
+        "spec": spec.model_dump(mode="json", by_alias=True), "spec_path": spec_path, "started_at": utc(None, "started_at"),
+        "code_version": package_versions()["code"], "versions": package_versions(),
+    })  # fmt: skip
     upstream = upstream_from_store(store)
     outcome = RunOutcome(complete=True)
+    view = ProgressView(out, live=live_progress)
     for stage in spec.stages:
         current: Plan = plan(spec, upstream=upstream)
         stage_plan = current.stage(stage.name)
@@ -172,22 +183,37 @@ def run_experiment(
         scheduling = stage_scheduling(spec, stage, resources)
         if scheduling.note:
             out(f"[{stage.name}] {scheduling.note}")
+        searching = stage_plan.state == "search"
+        view.start(StageProgress(
+            stage.name, total=stage_plan.optuna.trials if searching else len(trials),
+            done=_stage_done_count(store, stage.name) if searching else len(done & {t.trial_id for t in trials}),
+            concurrency=scheduling.concurrency, epochs_per_trial=uniform_epochs(trials),
+        ))  # fmt: skip
+
+        def on_event(kind: str, trial: Trial, result: dict[str, Any] | None) -> None:
+            if kind == "epoch":
+                out(_epoch_line(trial, result or {}))
+            elif kind == "errored":
+                out(f"[{trial.stage}] {trial.trial_id} failed; retrying from its checkpoint if allowed")
+            view.event(kind, trial, result)
+
         common = dict(
             location=location, stage=stage.name, resources=scheduling.per_trial,
-            retries=spec.retries, max_concurrent=scheduling.concurrency, asha=asha,
-            on_epoch=lambda p, r: out(_epoch_line(p, r)),
-            on_error=lambda p, e: out(f"[{p.stage}] {p.trial_id} failed; retrying from its checkpoint if allowed"),
+            retries=spec.retries, max_concurrent=scheduling.concurrency, asha=asha, on_event=on_event,
         )  # fmt: skip
-        if stage_plan.state == "search":
-            result = ray_runtime.run_optuna_trials(
-                optuna_plan=stage_plan.optuna, stage_done_count=lambda: _stage_done_count(store, stage.name),
-                **common,
-            )  # fmt: skip
-        else:
-            result = ray_runtime.run_trials(
-                trials=[dataclasses.replace(t, ddp=scheduling.ddp) for t in trials], is_done=store.finished_trial_ids,
-                **common,
-            )  # fmt: skip
+        try:
+            if searching:
+                result = ray_runtime.run_optuna_trials(
+                    optuna_plan=stage_plan.optuna, stage_done_count=lambda: _stage_done_count(store, stage.name),
+                    **common,
+                )  # fmt: skip
+            else:
+                result = ray_runtime.run_trials(
+                    trials=[dataclasses.replace(t, ddp=scheduling.ddp) for t in trials],
+                    is_done=store.finished_trial_ids, **common,
+                )  # fmt: skip
+        finally:
+            view.stop()
         for trial in result.stopped_early.values():
             if record_stopped_early(store, trial):
                 out(f"[{stage.name}] {trial.trial_id} stopped early by ASHA (recorded with its epochs so far)")

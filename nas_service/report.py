@@ -18,12 +18,13 @@ from typing import Any
 import pandas as pd
 
 from .stage_kinds import STAGE_KINDS
-from .statistics import compare, holm, summarize
+from .statistics import MIN_REPLICATES, compare, holm, main_effects, summarize
 
-__all__ = ["arm_table", "comparison_table", "format_report", "write_report", "status_table", "REPORT_FORMATS"]
+__all__ = ["arm_table", "comparison_table", "main_effect_table", "format_report", "status_table", "stage_counts",
+           "REPORT_FORMATS"]
 
-REPORT_FORMATS = ("text", "markdown", "json", "csv")
-
+# html is the page of nas_service.report_page; the others are text this module writes.
+REPORT_FORMATS = ("text", "markdown", "json", "csv", "latex", "html")
 
 
 def _metrics(kind: str) -> tuple[str | None, str | None]:
@@ -40,11 +41,13 @@ def _summary(values: pd.Series) -> str:
 
 
 def replicate_keys(trials: pd.DataFrame) -> pd.Series:
-    """Each trial's replicate: ``(seed of the trial its architecture came from, or None; its own seed)``."""
+    """Each trial's replicate: ``(experiment, seed of the trial its architecture came from or None, its own
+    seed)``; the experiment keeps two experiments' seed-0 runs apart when several are compared at once."""
     seed_of = dict(zip(trials["trial_id"], trials["seed"]))
     parents = trials["lineage_trial_id"] if "lineage_trial_id" in trials else pd.Series(None, index=trials.index)
-    return pd.Series([(seed_of.get(p) if isinstance(p, str) else None, s) for p, s in zip(parents, trials["seed"])],
-                     index=trials.index, dtype=object)  # fmt: skip
+    experiments = trials["experiment"] if "experiment" in trials else pd.Series("", index=trials.index)
+    return pd.Series([(e, seed_of.get(p) if isinstance(p, str) else None, s)
+                      for e, p, s in zip(experiments, parents, trials["seed"])], index=trials.index, dtype=object)  # fmt: skip
 
 
 def _label(group: pd.DataFrame, arm: str) -> str:
@@ -57,8 +60,11 @@ def arm_table(trials: pd.DataFrame) -> pd.DataFrame:
     if trials.empty:
         return pd.DataFrame()
     trials = trials.assign(replicate=replicate_keys(trials))
-    # Cost in trial wall seconds (a trial holds its `resources` for that long); CPU seconds are in `results`.
-    cost = dict(zip(trials["trial_id"], pd.to_numeric(trials["wall_seconds"], errors="coerce").fillna(0.0)))
+    # Cost in trial wall seconds (a trial holds its `resources` for that long), and in GPU seconds (GPUs
+    # held x wall seconds) where any trial held a GPU; CPU seconds are in `results`.
+    cost = _seconds(trials, "wall_seconds")
+    gpu_cost = _seconds(trials, "gpu_seconds")
+    with_gpus = any(v > 0 for v in gpu_cost.values())
     rows = []
     # Stages in the order they finished (the spec's order), arms in the order their first trial did.
     trials = trials.sort_values("finished_at", kind="stable")
@@ -76,11 +82,14 @@ def arm_table(trials: pd.DataFrame) -> pd.DataFrame:
         if kind == "evaluate":
             for column in [c for c in finished.columns if c.startswith("best.") and c.endswith(".top1")]:
                 row[column[5:]] = _summary(finished[column])
-        if "params" in finished and finished["params"].notna().any():
-            row["params"] = f"{int(pd.to_numeric(finished['params']).median()):,}"
-        own = float(sum(cost.get(t, 0.0) for t in group["trial_id"]))
+        for column, name in (("params", "params"), ("multiply_adds", "mult-adds")):
+            if column in finished and finished[column].notna().any():
+                row[name] = f"{int(pd.to_numeric(finished[column]).median()):,}"
         parents = {p for p in group.get("lineage_trial_id", pd.Series(dtype=object)).dropna()}
-        row["trial s (own + search)"] = f"{own:.0f} + {sum(cost.get(p, 0.0) for p in parents):.0f}"
+        for name, seconds in (("trial s", cost), ("GPU s", gpu_cost) if with_gpus else (None, None)):
+            if name:
+                own = float(sum(seconds.get(t, 0.0) for t in group["trial_id"]))
+                row[f"{name} (own + search)"] = f"{own:.0f} + {sum(seconds.get(p, 0.0) for p in parents):.0f}"
         if select and select in finished and not finished.empty:
             best_row = finished.loc[pd.to_numeric(finished[select], errors="coerce").idxmax()]
             arch = next((v for v in (best_row.get("genotype_json"), best_row.get("path_json")) if isinstance(v, str)), None)
@@ -92,6 +101,11 @@ def arm_table(trials: pd.DataFrame) -> pd.DataFrame:
     clash = table.duplicated(["stage", "arm"], keep=False)
     table.loc[clash, "arm"] = table.loc[clash, "arm"] + " [" + table.loc[clash, "arm id"].astype(str) + "]"
     return table.drop(columns=["arm id"])
+
+
+def _seconds(trials: pd.DataFrame, column: str) -> dict[str, float]:
+    values = pd.to_numeric(trials[column], errors="coerce").fillna(0.0) if column in trials else [0.0] * len(trials)
+    return dict(zip(trials["trial_id"], values))
 
 
 def _short_arch(arch: Any) -> str:
@@ -118,6 +132,28 @@ def status_table(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
             rows.append({"stage": stages[trial_id], "trial": trial_id, "status": "started (not finished)",
                          "seed": None, "epochs": int(epoch)})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def stage_counts(trials: pd.DataFrame, epochs: pd.DataFrame, planned: Mapping[str, int | None] | None = None
+                 ) -> pd.DataFrame:  # fmt: skip
+    """Per stage (the spec's order where ``planned`` gives it): trials planned, finished, diverged, errored
+    (to be retried), running (epochs recorded, no end yet) and pending (planned, not started; None when
+    the plan is not known)."""
+    planned = dict(planned or {})
+    ended = trials.set_index("trial_id")["status"] if not trials.empty else pd.Series(dtype=object)
+    started = epochs.groupby("trial_id")["stage"].first() if not epochs.empty else pd.Series(dtype=object)
+    stages = list(dict.fromkeys([*planned, *(trials["stage"] if not trials.empty else []), *started]))
+    rows = []
+    for stage in stages:
+        statuses = trials.loc[trials["stage"] == stage, "status"] if not trials.empty else pd.Series(dtype=object)
+        running = sum(1 for tid, st in started.items() if st == stage and tid not in ended.index)
+        total = planned.get(stage)
+        seen = len(statuses) + running
+        rows.append({"stage": stage, "planned": total, "finished": int((statuses == "finished").sum()),
+                     "diverged": int((statuses == "diverged").sum()), "errored": int((statuses == "errored").sum()),
+                     "running": running, "pending": None if total is None else max(0, total - seen)})  # fmt: skip
+    return pd.DataFrame(rows, columns=["stage", "planned", "finished", "diverged", "errored", "running", "pending"]
+                        ).astype({"planned": "Int64", "pending": "Int64"})  # fmt: skip
 
 
 def _compared_metric(kind: str) -> str | None:
@@ -167,6 +203,44 @@ def comparison_table(trials: pd.DataFrame, baselines: Mapping[str, str]) -> pd.D
     return pd.DataFrame(rows)
 
 
+def main_effect_table(trials: pd.DataFrame, sweeps: Mapping[str, Mapping[str, list[Any]]] | None = None) -> pd.DataFrame:
+    """Per stage with a sweep: each axis's main effect on the stage's headline (else selection) metric,
+    each level against the axis's first level, averaged over the other axes and the replicates.
+
+    ``sweeps`` (stage -> axis -> levels, as the spec lists them) orders the levels, so the reference is
+    the spec's first level; without it, levels come in the order their first trial finished."""
+    if trials.empty or "extra.axes_json" not in trials:
+        return pd.DataFrame()
+    trials = trials.assign(replicate=replicate_keys(trials)).sort_values("finished_at", kind="stable")
+    rows = []
+    for stage, done in trials[trials["status"] == "finished"].groupby("stage", sort=False):
+        order = {axis: [json.dumps(v) if isinstance(v, (dict, list)) else v for v in levels]
+                 for axis, levels in ((sweeps or {}).get(stage) or {}).items()}  # fmt: skip
+        metric = _compared_metric(done["stage_kind"].iloc[0])
+        if metric is None or metric not in done:
+            continue
+        records = []
+        for axes_json, replicate, value in zip(done["extra.axes_json"], done["replicate"], done[metric]):
+            if isinstance(axes_json, str) and not pd.isna(value):
+                records.append({**{k: json.dumps(v) if isinstance(v, (dict, list)) else v
+                                   for k, v in json.loads(axes_json).items()},
+                                "replicate": replicate, "value": float(value)})  # fmt: skip
+        axes = [a for a in dict.fromkeys(k for r in records for k in r if k not in ("replicate", "value"))
+                if len({str(r.get(a)) for r in records}) > 1]  # fmt: skip
+        records = [r for r in records if all(a in r for a in axes)]
+        rank = {a: {level: i for i, level in enumerate(order.get(a, []))} for a in axes}
+        records.sort(key=lambda r: [rank[a].get(r[a], len(rank[a])) for a in axes])  # stable: finish order otherwise
+        for effect in main_effects(records, axes, "value") if axes else []:
+            interval = "" if effect.ci_low is None else f" [{effect.ci_low:+.4f}, {effect.ci_high:+.4f}]"
+            rows.append({
+                "stage": stage, "metric": metric.split(".", 1)[1], "axis": effect.axis,
+                "effect": f"{effect.level} - {effect.reference}", "cells": effect.n,
+                "difference": f"{effect.difference:+.4f}{interval}",
+                "flag": f"n<{MIN_REPLICATES}" if effect.n < MIN_REPLICATES else "",
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def _p(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -178,44 +252,61 @@ def _markdown(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
-def format_report(trials: pd.DataFrame, baselines: Mapping[str, str] | None = None, fmt: str = "text") -> str:
-    """The report: one table per stage (and its comparison with the baseline arm, when there is one), as
-    ``text`` or ``markdown``, or all rows as ``json`` or ``csv``."""
-    if fmt not in REPORT_FORMATS:
-        raise ValueError(f"format: must be one of {list(REPORT_FORMATS)}, got {fmt!r}")
+def _latex(frame: pd.DataFrame, caption: str) -> str:
+    # pandas' Styler (jinja2) escapes LaTeX's special characters in cells and headers.
+    styler = frame.style.hide(axis="index").format(escape="latex", na_rep="").format_index(escape="latex", axis=1)
+    return styler.to_latex(caption=caption.replace("_", r"\_"), hrules=True, position="htbp")
+
+
+def report_sections(trials: pd.DataFrame, baselines: Mapping[str, str] | None = None,
+                    sweeps: Mapping[str, Mapping[str, list[Any]]] | None = None,
+                    ) -> list[tuple[str, int, str, pd.DataFrame]]:  # fmt: skip
+    """The report's tables in page order: ``(stage, level, heading, table)``: the arms of each stage
+    (level 1), then its comparison with the baseline arm and its main effects where it has them (level 2)."""
     table = arm_table(trials)
-    comparisons = comparison_table(trials, baselines or {})
-    if fmt == "json":
-        return json.dumps({"arms": table.to_dict("records"), "comparisons": comparisons.to_dict("records")}, indent=2)
-    if fmt == "csv":
-        return table.to_csv(index=False)
     if table.empty:
-        return "no finished trials yet"
-    parts = []
+        return []
+    comparisons = comparison_table(trials, baselines or {})
+    effects = main_effect_table(trials, sweeps)
+    out = []
     for stage, group in table.groupby("stage", sort=False):
         group = group.drop(columns=["stage"]).dropna(axis=1, how="all")
         kind = group["kind"].iloc[0]
-        group = group.drop(columns=["kind"])
-        title = f"{stage} ({kind})"
-        parts.append(f"## {title}\n\n{_markdown(group)}" if fmt == "markdown" else f"== {title} ==\n" + group.to_string(index=False))
+        out.append((stage, 1, f"{stage} ({kind})", group.drop(columns=["kind"])))
         mine = comparisons[comparisons["stage"] == stage].drop(columns=["stage"]) if not comparisons.empty else comparisons
         if not mine.empty:
             heading = f"against {mine['baseline'].iloc[0]} ({mine['metric'].iloc[0]}; 95% t intervals; Holm across arms)"
-            mine = mine.drop(columns=["baseline", "metric"])
-            parts.append(f"### {heading}\n\n{_markdown(mine)}" if fmt == "markdown" else f"-- {heading} --\n" + mine.to_string(index=False))
+            out.append((stage, 2, heading, mine.drop(columns=["baseline", "metric"])))
+        mine = effects[effects["stage"] == stage].drop(columns=["stage"]) if not effects.empty else effects
+        if not mine.empty:
+            heading = f"main effects ({mine['metric'].iloc[0]}; each level minus the axis's first, 95% t intervals)"
+            out.append((stage, 2, heading, mine.drop(columns=["metric"])))
+    return out
+
+
+def format_report(trials: pd.DataFrame, baselines: Mapping[str, str] | None = None, fmt: str = "text",
+                  sweeps: Mapping[str, Mapping[str, list[Any]]] | None = None) -> str:
+    """The report's tables as ``text``, ``markdown`` or ``latex`` (one table per stage, its comparison
+    with the baseline arm and its main effects), or all rows as ``json`` or ``csv``. The ``html`` page is
+    :func:`nas_service.report_page.html_page`."""
+    if fmt not in REPORT_FORMATS or fmt == "html":
+        raise ValueError(f"format: must be one of {[f for f in REPORT_FORMATS if f != 'html']}, got {fmt!r}")
+    if fmt == "json":
+        return json.dumps({"arms": arm_table(trials).to_dict("records"),
+                           "comparisons": comparison_table(trials, baselines or {}).to_dict("records"),
+                           "main_effects": main_effect_table(trials, sweeps).to_dict("records")}, indent=2)  # fmt: skip
+    if fmt == "csv":
+        return arm_table(trials).to_csv(index=False)
+    sections = report_sections(trials, baselines, sweeps)
+    if not sections:
+        return "no finished trials yet"
+    parts = []
+    for stage, level, heading, table in sections:
+        first = level == 1
+        if fmt == "markdown":
+            parts.append(f"{'##' if first else '###'} {heading}\n\n{_markdown(table)}")
+        elif fmt == "latex":
+            parts.append(_latex(table, heading if first else f"{stage}: {heading}"))
+        else:
+            parts.append(f"{'==' if first else '--'} {heading} {'==' if first else '--'}\n" + table.to_string(index=False))
     return "\n\n".join(parts)
-
-
-def write_report(trials: pd.DataFrame, output: str | Path, baselines: Mapping[str, str] | None = None) -> Path:
-    """Writes ``report.md``, ``arms.csv``, ``arms.json`` and (with baselines) ``comparisons.csv`` /
-    ``comparisons.json`` into the folder ``output``; returns the path of ``report.md``."""
-    folder = Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
-    table, comparisons = arm_table(trials), comparison_table(trials, baselines or {})
-    (folder / "report.md").write_text(f"# Report\n\n{format_report(trials, baselines, 'markdown')}\n", encoding="utf-8")
-    table.to_csv(folder / "arms.csv", index=False)
-    (folder / "arms.json").write_text(json.dumps(table.to_dict("records"), indent=2), encoding="utf-8")
-    if not comparisons.empty:
-        comparisons.to_csv(folder / "comparisons.csv", index=False)
-        (folder / "comparisons.json").write_text(json.dumps(comparisons.to_dict("records"), indent=2), encoding="utf-8")
-    return folder / "report.md"

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from .digests import canonical_json, digest
 
 __all__ = ["ResultsError", "jsonable", "to_json", "metric_value", "utc", "ResultsSchemaError", "ResultsWarning", "flatten_config", "arm_id", "best_and_last",
-           "hardware_description", "package_versions"]  # fmt: skip
+           "hardware_description", "package_versions", "code_version"]  # fmt: skip
 
 
 class ResultsError(ValueError):
@@ -239,7 +239,8 @@ def hardware_description(*, cpus: int | None = None, gpus: Iterable[str] | None 
 def package_versions() -> dict[str, str | None]:
     """Versions of Python and of the packages that decide a result.
 
-    Keys: ``python``, ``torch``, ``ray``, ``nas_service``.
+    Keys: ``python``, ``torch``, ``ray``, ``nas_service``, and ``code``: the git commit of the code
+    (:func:`code_version`), else the package version.
 
     Read from installed package metadata (nothing is imported); a missing package gives None.
     """
@@ -250,7 +251,25 @@ def package_versions() -> dict[str, str | None]:
             return None
 
     return {"python": platform.python_version(), "torch": version("torch"), "ray": version("ray"),
-            "nas_service": version("nas-service")}  # fmt: skip
+            "nas_service": version("nas-service"), "code": code_version() or version("nas-service")}  # fmt: skip
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str | None:
+    """The git commit the code runs from (``<sha>`` or ``<sha>-dirty``), or None outside a checkout
+    (an installed wheel: then the package version says it)."""
+    import subprocess
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha
 
 
 def utc(value: Any, field: str) -> dt.datetime:

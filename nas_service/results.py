@@ -86,6 +86,8 @@ __all__ = [
 # Bump only for changes an old reader would misread (a renamed or retyped column, a changed meaning, a new
 # key or layout). Adding a nullable column is not a bump: readers take the union of columns.
 RESULTS_SCHEMA_VERSION = 1
+# The experiment's own description beside its tables: a leading '_' keeps Parquet readers off it.
+EXPERIMENT_RECORD = "_experiment.json"
 
 TABLES = ("epochs", "trials")
 STATUSES = ("finished", "diverged", "errored")
@@ -129,6 +131,7 @@ _TRIAL_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("genotype_json", pa.string()),
     ("path_json", pa.string()),
     ("params", pa.int64()),
+    ("multiply_adds", pa.int64()),
     ("epochs_completed", pa.int64()),
     ("best_epoch", pa.int64()),
     ("best_metric", pa.string()),
@@ -140,6 +143,7 @@ _TRIAL_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("version.torch", pa.string()),
     ("version.ray", pa.string()),
     ("version.nas_service", pa.string()),
+    ("version.code", pa.string()),
     ("checkpoint", pa.string()),
     ("finished_at", _UTC_TS),
     ("error", pa.string()),
@@ -157,12 +161,12 @@ _TRIAL_GROUPS = ("config.", "best.", "last.", "extra.")
 # or belongs under `extra`; rejecting it keeps a misspelt field from becoming a silent new column.
 _TRIAL_ROW_KEYS = frozenset({
     "stage", "stage_kind", "status", "seed", "arm", "lineage_trial_id", "lineage_stage", "protocol",
-    "genotype", "genotype_json", "path", "path_json", "params", "epochs_completed", "best_epoch",
+    "genotype", "genotype_json", "path", "path_json", "params", "multiply_adds", "epochs_completed", "best_epoch",
     "best_metric", "best", "last", "wall_seconds", "cpu_seconds", "gpu_seconds", "hardware", "versions",
     "checkpoint", "finished_at", "error", "config", "extra",
     "trial_id", "attempt", "experiment", "schema_version",
 })  # fmt: skip
-_VERSION_KEYS = ("python", "torch", "ray", "nas_service")
+_VERSION_KEYS = ("python", "torch", "ray", "nas_service", "code")
 
 # Trial ids and experiment names become folder names: keep them to a safe, non-hidden alphabet.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
@@ -489,6 +493,7 @@ class ResultsStore:
             "genotype_json": _architecture_json("genotype", values),
             "path_json": _architecture_json("path", values),
             "params": _check_count("params", values.get("params"), nullable=True),
+            "multiply_adds": _check_count("multiply_adds", values.get("multiply_adds"), nullable=True),
             "epochs_completed": _check_count("epochs_completed", values.get("epochs_completed"),
                                              nullable=True),
             "best_epoch": _check_count("best_epoch", values.get("best_epoch"), nullable=True),
@@ -528,13 +533,14 @@ class ResultsStore:
                         f"row field {name!r} must equal {want!r} (set by the store), got {got!r}")
 
     def _put(self, table: str, trial_id: str, file_name: str, data: pa.Table) -> str:
-        folder = _join(self.root, table, f"trial={trial_id}")
-        final = _join(folder, file_name)
         sink = pa.BufferOutputStream()
         pq.write_table(data, sink)
-        payload = sink.getvalue()
+        return self._write_atomic(_join(self.root, table, f"trial={trial_id}"), file_name, sink.getvalue())
+
+    def _write_atomic(self, folder: str, file_name: str, payload: bytes | pa.Buffer) -> str:
+        final = _join(folder, file_name)
         if folder not in self._made_dirs:
-            # Object stores need no folders, but local, mock and HDFS file systems do; once per trial.
+            # Object stores need no folders, but local, mock and HDFS file systems do; once per folder.
             self.filesystem.create_dir(folder, recursive=True)
             self._made_dirs.add(folder)
         if not self._atomic_rename:
@@ -556,6 +562,20 @@ class ResultsStore:
                 pass
             raise
         return final
+
+    def write_experiment_record(self, record: Mapping[str, Any]) -> str:
+        """Keeps what a report needs besides the rows (the resolved spec, the package versions) as
+        ``results/_experiment.json``; rewritten whole by every run, so it describes the latest one."""
+        payload = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
+        return self._write_atomic(self.root, EXPERIMENT_RECORD, payload)
+
+    def experiment_record(self) -> dict[str, Any] | None:
+        """The record :meth:`write_experiment_record` kept, or None (a store written before it existed)."""
+        path = _join(self.root, EXPERIMENT_RECORD)
+        if self.filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+            return None
+        with self.filesystem.open_input_stream(path) as f:
+            return json.loads(f.read().decode())
 
     # ---- reading
 

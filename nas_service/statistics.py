@@ -48,6 +48,12 @@ class Summary:
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} [{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}] (n={self.n})"
 
 
+def _constant(values: np.ndarray) -> bool:
+    """No spread beyond float rounding (0.93 - 0.91 and 0.95 - 0.93 differ in the 17th digit): a t
+    interval or test on such values is rounding noise, so they get the point and no t-test."""
+    return bool(np.allclose(values, values[0], rtol=1e-9, atol=1e-12))
+
+
 def _t_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     low, high = stats.t.interval(confidence, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
     return float(low), float(high)
@@ -61,7 +67,7 @@ def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> Summar
     if len(data) < MIN_REPLICATES:
         return Summary(len(data), float(data.mean()), None, None, None)
     std = float(data.std(ddof=1))
-    low, high = _t_interval(data, confidence) if std > 0 else (float(data.mean()),) * 2
+    low, high = (float(data.mean()),) * 2 if _constant(data) else _t_interval(data, confidence)
     return Summary(len(data), float(data.mean()), std, low, high)
 
 
@@ -101,7 +107,11 @@ def compare(arm: Mapping[Hashable, float], baseline: Mapping[Hashable, float],
         diffs = np.asarray([arm[k] - baseline[k] for k in shared], dtype=float)
         if len(diffs) < MIN_REPLICATES:
             return Comparison(True, len(diffs), len(diffs), float(diffs.mean()))
-        low, high = _t_interval(diffs, confidence) if diffs.std() > 0 else (float(diffs.mean()),) * 2
+        if _constant(diffs):
+            rank_p = float(stats.wilcoxon(diffs).pvalue) if np.any(diffs != 0) else 1.0
+            return Comparison(True, len(diffs), len(diffs), float(diffs.mean()), float(diffs.mean()),
+                              float(diffs.mean()), None, rank_p)  # fmt: skip
+        low, high = _t_interval(diffs, confidence)
         t_p = float(stats.ttest_rel([arm[k] for k in shared], [baseline[k] for k in shared]).pvalue)
         rank_p = float(stats.wilcoxon(diffs).pvalue) if np.any(diffs != 0) else 1.0
         return Comparison(True, len(diffs), len(diffs), float(diffs.mean()), low, high, _nan_to_none(t_p), rank_p)
@@ -166,6 +176,6 @@ def main_effects(rows: Sequence[Mapping[str, object]], axes: Sequence[str], metr
                 continue
             low = high = None
             if len(diffs) >= MIN_REPLICATES:
-                low, high = _t_interval(diffs, confidence) if diffs.std() > 0 else (float(diffs.mean()),) * 2
+                low, high = (float(diffs.mean()),) * 2 if _constant(diffs) else _t_interval(diffs, confidence)
             out.append(MainEffect(axis, level, levels[0], len(diffs), float(diffs.mean()), low, high))
     return out

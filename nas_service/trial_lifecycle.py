@@ -47,6 +47,9 @@ class TrialEdge(Protocol):
     def run_ddp(self, trial: Trial, workdir: Path, report: Report, on_start: Callable[[int], None]) -> dict[str, Any]:
         """Runs a DDP trial (``trial.ddp``) across workers; ``on_start(epoch)`` at each worker-group start."""
 
+    def gpus_held(self, trial: Trial) -> float:
+        """How many GPUs the trial holds while it runs (fractions count as such; DDP: all its workers')."""
+
 
 def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> None:
     """Runs (or resumes) one planned trial and records every epoch and its end in the results store."""
@@ -78,8 +81,11 @@ def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> No
         attempt = epoch
 
     def row(summary: Mapping[str, Any] | None, status: str, error: str | None = None) -> dict[str, Any]:
-        return summary_row(trial, summary, status=status, error=error, wall=time.time() - started,
-                           cpu=time.process_time() - cpu_started)  # fmt: skip
+        wall = time.time() - started
+        values = summary_row(trial, summary, status=status, error=error, wall=wall,
+                             cpu=time.process_time() - cpu_started, gpu=edge.gpus_held(trial) * wall)  # fmt: skip
+        values["checkpoint"] = final_checkpoint(workdir)
+        return values
 
     try:
         if trial.ddp is not None:
@@ -95,6 +101,16 @@ def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> No
     store.write_trial(trial.trial_id, attempt, row(summary, "finished"))
     if not summary.get("history") or summary.get("epochs_run") == 0:
         edge.report({"done": 1}, None, workdir)
+
+
+def final_checkpoint(workdir: Path) -> str | None:
+    """The trial's checkpoint worth keeping: the best weights of a retrain, else the last epoch's state
+    (a local path: the trial's folder, or its scratch copy when the storage is an object store)."""
+    best = workdir / "best.pt"
+    if best.is_file():
+        return str(best)
+    epochs = list_epoch_checkpoints(workdir / "checkpoints")
+    return str(epochs[-1][1]) if epochs else None
 
 
 def _backfill_epochs(store: Any, trial: Trial, attempt: int, history: list[dict[str, Any]]) -> None:
@@ -127,8 +143,8 @@ def _is_number(value: Any) -> bool:
 
 
 def summary_row(trial: Trial, summary: Mapping[str, Any] | None, *, status: str, wall: float, cpu: float,
-                error: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """The results-store trial row of a finished (or diverged) trial."""
+                gpu: float | None = None, error: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """The results-store trial row of a finished (or diverged) trial; ``gpu``: GPUs held x wall seconds."""
     row: dict[str, Any] = {
         "stage": trial.stage,
         "stage_kind": trial.kind,
@@ -140,9 +156,12 @@ def summary_row(trial: Trial, summary: Mapping[str, Any] | None, *, status: str,
         "lineage_stage": trial.lineage.parent_stage,
         "wall_seconds": wall,
         "cpu_seconds": cpu,
+        "gpu_seconds": gpu,
         "error": error,
         "extra": {"arm_label": trial.arm.label, "lineage_source": trial.lineage.source,
-                  "workers": int((trial.ddp or {}).get("workers", 1))},
+                  "workers": int((trial.ddp or {}).get("workers", 1)),
+                  # The stage's sweep values of this trial: the report's main effects per axis.
+                  "axes_json": json.dumps(trial.axes, sort_keys=True, default=str)},
     }
     if summary is None:
         return row
@@ -158,6 +177,7 @@ def summary_row(trial: Trial, summary: Mapping[str, Any] | None, *, status: str,
         best={k: v for k, v in best.items() if isinstance(v, (int, float))},
         last={k: v for k, v in (history[-1] if history else {}).items() if isinstance(v, (int, float))},
         params=summary.get("params"),
+        multiply_adds=summary.get("multiply_adds"),
         protocol=summary.get("protocol"),
         **kind.architecture(summary),
     )
@@ -170,7 +190,7 @@ def summary_row(trial: Trial, summary: Mapping[str, Any] | None, *, status: str,
 def record_stopped_early(store: Any, trial: Trial) -> bool:
     """Writes the trial row of a trial a scheduler (ASHA) stopped early, from its recorded epochs; False
     if it has a row already or recorded no epoch."""
-    from search_spaces.networks import count_parameters
+    from search_spaces.networks import count_multiply_adds, count_parameters
     from trainers.config import config_from_dict
     from trainers.data import get_dataset_info
     from trainers.retrain import build_model, model_spec, summarize_retrain
@@ -187,10 +207,13 @@ def record_stopped_early(store: Any, trial: Trial) -> bool:
     for entry in history:
         entry["epoch"] = int(entry["epoch"])
     config = config_from_dict(dict(trial.config))
-    spec = model_spec(config, get_dataset_info(config.data.dataset))
-    summary = summarize_retrain(history, config, spec, count_parameters(build_model(spec)))
+    info = get_dataset_info(config.data.dataset)
+    spec = model_spec(config, info)
+    model = build_model(spec)
+    madds = count_multiply_adds(model, (info.in_channels, info.input_size, info.input_size))
+    summary = summarize_retrain(history, config, spec, count_parameters(model), madds)
     wall = float(sum(entry.get("epoch_seconds", 0.0) for entry in history))
-    row = summary_row(trial, summary, status="finished", wall=wall, cpu=0.0)
+    row = summary_row(trial, summary, status="finished", wall=wall, cpu=0.0)  # CPU and GPU time were not measured
     row["extra"]["stopped_early"] = True
     store.write_trial(trial.trial_id, int(frame["attempt"].max()), row)
     return True

@@ -8,9 +8,11 @@ import math
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
-from nas_service.report import arm_table, comparison_table, format_report, write_report
+from nas_service.report import arm_table, comparison_table, format_report, main_effect_table
+from nas_service.report_page import ReportData, load_report_data, spec_baselines, write_report
 from nas_service.results import ResultsStore
 
 T2 = 4.302653  # t(0.975, 2 df)
@@ -77,12 +79,68 @@ def test_formats_and_written_files(trials, tmp_path) -> None:
     assert "## retrain (retrain)" in markdown and "| from search: dhgs |" in markdown
     data = json.loads(format_report(trials, {"retrain": "path=HUMAN"}, "json"))
     assert {row["arm"] for row in data["comparisons"]} == {"from search: dhgs", "genotype=ONE"}
+    latex = format_report(trials, {"retrain": "path=HUMAN"}, "latex")
+    assert latex.count(r"\begin{table}") == 3 and "nan" not in latex and r"test (test\_top1)" in latex and r"\toprule" in latex
     with pytest.raises(ValueError, match="format: must be one of"):
-        format_report(trials, fmt="latex")
-    page = write_report(trials, tmp_path / "out", {"retrain": "path=HUMAN"})
-    assert page.read_text().startswith("# Report")
+        format_report(trials, fmt="pdf")
+    page = write_report(ReportData(trials, pd.DataFrame()), tmp_path / "out", {"retrain": "path=HUMAN"})
+    assert page.name == "report.html" and page.read_text().startswith("<!DOCTYPE html>")
+    assert (page.parent / "report.md").read_text().startswith("# Report")
     assert sorted(p.name for p in page.parent.iterdir()) == [
-        "arms.csv", "arms.json", "comparisons.csv", "comparisons.json", "report.md"]
+        "arms.csv", "arms.json", "comparisons.csv", "comparisons.json", "figures", "report.html", "report.md"]
+    assert "against path=HUMAN" in page.read_text() and "from search: dhgs" in page.read_text()
+
+
+def _sweep_store(tmp_path, name: str = "sweep") -> ResultsStore:
+    """weighting x space x 3 seeds: max_w adds 0.02 + 0.003 * seed, sharp adds 0.01, exactly."""
+    store = ResultsStore(tmp_path, name)
+    for weighting in ("scalar", "max_w"):
+        for space in ("darts", "sharp"):
+            for seed in (0, 1, 2):
+                value = 0.5 + (0.02 + 0.003 * seed) * (weighting == "max_w") + 0.01 * (space == "sharp")
+                trial = f"{weighting}-{space}-{seed}"
+                store.write_trial(trial, 0, {
+                    "stage": "search", "stage_kind": "cell_search", "status": "finished", "seed": seed,
+                    "arm": f"{weighting}-{space}", "config": {"seed": seed, "weighting": weighting, "space": space},
+                    "best": {"valid_acc": value}, "wall_seconds": 1.0,
+                    "extra": {"arm_label": f"weighting={weighting} space={space}",
+                              "axes_json": json.dumps({"weighting": weighting, "space": space})},
+                })  # fmt: skip
+                for epoch in (1, 2):
+                    store.write_epoch(trial, 0, {"stage": "search", "seed": seed, "epoch": epoch,
+                                                 "valid_acc": value * epoch / 2, "arch_entropy_normal": 1.0 / epoch,
+                                                 "param_free_share": 0.25})  # fmt: skip
+    return store
+
+
+def test_main_effects_of_a_two_axis_sweep_average_over_the_other_axis_and_the_seeds(tmp_path) -> None:
+    table = main_effect_table(_sweep_store(tmp_path).trials()).set_index("axis")
+    # weighting: 6 cells (space x seed), differences 0.020, 0.023, 0.026 twice: mean 0.023, sd 0.0026833
+    half = 2.570582 * 0.0026833 / math.sqrt(6)
+    assert table.loc["weighting", "effect"] == "max_w - scalar" and table.loc["weighting", "cells"] == 6
+    assert table.loc["weighting", "difference"] == f"+0.0230 [{0.023 - half:+.4f}, {0.023 + half:+.4f}]"
+    # space: exactly +0.01 in every cell: no spread, the interval is the point
+    assert table.loc["space", "difference"] == "+0.0100 [+0.0100, +0.0100]" and table.loc["space", "flag"] == ""
+
+
+def test_the_page_holds_every_figure_inline_and_the_spec_baseline_applies(tmp_path) -> None:
+    store = _sweep_store(tmp_path)
+    store.write_experiment_record({"spec": {"stages": [{"name": "search", "baseline": "weighting=scalar space=darts"}]},
+                                   "code_version": "abc123"})  # fmt: skip
+    data = load_report_data([store])
+    assert spec_baselines(data) == {"search": "weighting=scalar space=darts"}
+    page = write_report(data, tmp_path / "out", spec_baselines(data))
+    text = page.read_text()
+    figures = sorted(p.name for p in (page.parent / "figures").iterdir())
+    assert figures == ["curves-search.png", "telemetry-search.png"]
+    assert text.count("data:image/png;base64,") == len(figures) and "abc123" in text
+    assert "against weighting=scalar space=darts" in text and "main effects" in text
+
+
+def test_several_experiments_pool_an_arm_without_mixing_their_replicates(tmp_path) -> None:
+    stores = [_sweep_store(tmp_path, "a"), _sweep_store(tmp_path, "b")]
+    table = arm_table(load_report_data(stores).trials).set_index("arm")
+    assert table.loc["weighting=max_w space=sharp", "replicates"] == 6  # seeds 0-2 in each experiment
 
 
 def test_the_report_command_refuses_a_missing_experiment_and_takes_a_baseline(tmp_path, trials) -> None:

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -514,7 +515,9 @@ def test_hardware_and_versions():
     text = hardware_description(cpus=8, gpus=["NVIDIA H100", "NVIDIA H100"])
     assert text.startswith("cpu:8 cores") and text.endswith(" / 2x NVIDIA H100")
     versions = package_versions()
-    assert set(versions) == {"python", "torch", "ray", "nas_service"} and versions["python"]
+    assert set(versions) == {"python", "torch", "ray", "nas_service", "code"} and versions["python"]
+    # In a checkout the code version is its git commit (40 hex digits, "-dirty" with uncommitted changes).
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", versions["code"]), versions["code"]
 
 
 def test_utc_conversion():

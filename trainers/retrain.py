@@ -17,7 +17,7 @@ from torch import nn
 
 from search_spaces.genotypes import default_op_set, resolve_genotype
 from search_spaces.networks import build_path_network
-from search_spaces.networks import build_network, count_parameters
+from search_spaces.networks import build_network, count_multiply_adds, count_parameters
 from search_spaces.paths import resolve_path
 
 from .checkpoints import load_checkpoint, save_checkpoint
@@ -90,6 +90,8 @@ def run_retrain(
     spec = model_spec(config, splits.info)
     model = apply_memory_format(build_model(spec).to(device), memory_format)
     params = count_parameters(model)
+    # Before the DDP wrap and before training: one eval forward of one image, the paper's "+x" column.
+    madds = count_multiply_adds(model, (splits.info.in_channels, splits.info.input_size, splits.info.input_size))
     trained = hooks.wrap_model(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.schedule.max_lr, momentum=config.optim.momentum,
                                 weight_decay=config.optim.weight_decay)  # fmt: skip
@@ -152,11 +154,12 @@ def run_retrain(
         config=config, workdir=workdir, spec=spec, model=model, optimizers={"weights": optimizer},
         lr_optimizer="weights", epoch_body=epoch_body, hooks=hooks, on_epoch_end=keep_best,
     )  # fmt: skip
-    return summarize_retrain(history, config, spec, params)
+    return summarize_retrain(history, config, spec, params, madds)
 
 
 def summarize_retrain(
-    history: list[dict[str, Any]], config: RetrainConfig, spec: dict[str, Any], params: int
+    history: list[dict[str, Any]], config: RetrainConfig, spec: dict[str, Any], params: int,
+    multiply_adds: int | None = None,
 ) -> dict[str, Any]:
     """Best epoch by the protocol's selection split; test metrics at that epoch and at the last one."""
     select_key = "test_top1" if config.select_on_test else "valid_top1"
@@ -168,6 +171,7 @@ def summarize_retrain(
         "config": config_to_dict(config),
         "spec": spec,
         "params": params,
+        "multiply_adds": multiply_adds,
         "epochs_run": len(history),
         "finished": last["epoch"] == config.epochs,
         "best_epoch": best["epoch"],

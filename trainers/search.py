@@ -42,7 +42,15 @@ def describe_cell_search(model: SearchNetwork) -> dict[str, Any]:
         "param_free_share": parameter_free_share(genotype),
         "param_free_share_no_hack": parameter_free_share(no_hack),
         "none_count_normal_no_hack": op_count(no_hack, "none", "normal"),
+        # The softmaxed architecture weights (edges x ops per cell): the report's heatmaps.
+        "arch_weights": {"ops": list(model.primitives),
+                         **{cell: _rounded(w) for cell, w in weights.items()}},
     }
+
+
+def _rounded(weights: torch.Tensor) -> list[Any]:
+    """Nested lists of 4-decimal floats: a heatmap needs no more, and the epoch row stays small."""
+    return torch.round(weights.detach().float().cpu(), decimals=4).tolist()
 
 
 def describe_hypercuboid(model: hypercuboid.HyperCuboidSupernet) -> dict[str, Any]:
@@ -59,6 +67,9 @@ def describe_hypercuboid(model: hypercuboid.HyperCuboidSupernet) -> dict[str, An
         "path_greedy_bottom_up": paths.greedy_path(weights, channels, direction="bottom_up", head_channels=head).to_dict(),
         "arch_entropy_groups_nats": [[float(v) for v in row] for row in entropies],
         "arch_entropy_mean_nats": float(entropies.mean()),
+        # [stride, layer, C_in, C_out, op], each [stride, layer] group summing to 1: the path-weight heatmaps.
+        "arch_weights": {"ops": list(paths.HYPERCUBOID_OPS), "channels": list(channels),
+                         "weights": _rounded(weights)},
     }
 
 

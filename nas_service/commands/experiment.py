@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("status", help="stages, trials and their states of an experiment folder or URI")
     p.add_argument("experiment", help="<storage>/<experiment name>, a folder or a URI")
+    p.add_argument("--watch", nargs="?", type=float, const=5.0, default=None, metavar="SECONDS",
+                   help="refresh every SECONDS (default 5) until every planned trial is done, or Ctrl-C")
     p.set_defaults(func=_status)
 
     p = subparsers.add_parser("results", help="the results tables of an experiment")
@@ -34,12 +36,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_results)
 
     p = subparsers.add_parser("report", help="comparison per stage and arm: mean, spread and 95% intervals over "
-                              "replicates, tests against a baseline arm, cost")  # fmt: skip
-    p.add_argument("experiment", help="<storage>/<experiment name>, a folder or a URI")
+                              "replicates, tests against a baseline arm, main effects, cost, plots")  # fmt: skip
+    p.add_argument("experiment", nargs="+",
+                   help="<storage>/<experiment name>, a folder or a URI; several are compared in one report")
     p.add_argument("--baseline", action="append", default=[], metavar="[STAGE=]ARM",
-                   help="compare every arm with this arm (label or id); bare ARM: every stage that has it")
-    p.add_argument("--format", default="text", help="text (default), markdown, json or csv")
-    p.add_argument("-o", "--output", default=None, help="a folder: writes report.md and the tables as CSV and JSON")
+                   help="compare every arm with this arm (label or id); bare ARM: every stage that has it "
+                        "(default: the spec's stages[].baseline)")  # fmt: skip
+    p.add_argument("--format", default="text",  # checked by report.format_report (one list of formats)
+                   help="what to print: text (default), markdown, json, csv, latex, or the html page")
+    p.add_argument("-o", "--output", default=None,
+                   help="a folder: writes report.html (self-contained), report.md, figures/ and the tables "
+                        "as CSV and JSON, and prints the page's path")  # fmt: skip
     p.set_defaults(func=_report)
 
 
@@ -67,6 +74,7 @@ def _load(spec_path: str, storage: str | None):
 
 def _run(args: argparse.Namespace) -> int:
     from nas_service.report import format_report
+    from nas_service.report_page import load_report_data, spec_baselines, spec_sweeps, write_report
     from nas_service.results import ResultsStore
     from nas_service.experiment_runner import EXIT_INTERRUPTED, run_experiment
 
@@ -80,9 +88,13 @@ def _run(args: argparse.Namespace) -> int:
     if outcome.interrupted:
         print(f"interrupted; resume with: {resume}", file=sys.stderr)
     print()
-    baselines = {s.name: s.baseline for s in spec.stages if getattr(s, "baseline", None)}
+    data = load_report_data([ResultsStore.of(spec.location)])
     try:
-        print(format_report(ResultsStore(spec.storage, spec.name).trials(), baselines))
+        baselines = spec_baselines(data)
+        print(format_report(data.trials, baselines, sweeps=spec_sweeps(data)))
+        folder = spec.location.local_base
+        if folder is not None:  # the page beside the results; for object-store storage: `report -o DIR`
+            print(f"\nreport page: {write_report(data, folder / spec.name / 'report', baselines)}")
     except ValueError as err:  # e.g. a baseline arm that the stage does not have: the run itself stands
         print(f"nas-service run: report: {err}", file=sys.stderr)
     return outcome.exit_code
@@ -100,12 +112,52 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from nas_service.report import status_table
+    import time
+
+    from nas_service.report import stage_counts, status_table
 
     store = _existing_store(args.experiment)
-    table = status_table(store.trials(), store.epochs())
-    print("no trials recorded yet" if table.empty else table.to_string(index=False))
-    return 0
+    while True:
+        trials, epochs = store.trials(), store.epochs()
+        counts = stage_counts(trials, epochs, _planned_trials(store))
+        table = status_table(trials, epochs)
+        if args.watch is not None and sys.stdout.isatty():
+            print("\033[2J\033[H", end="")  # a refreshed screen rather than a scrolling log
+        if args.watch is not None:
+            print(time.strftime("%H:%M:%S"), args.experiment)
+        print("no trials recorded yet" if table.empty else
+              counts.to_string(index=False, na_rep="?") + "\n\n" + table.to_string(index=False))  # fmt: skip
+        complete = not counts.empty and counts["pending"].notna().all() and (counts["pending"] == 0).all() \
+            and (counts["running"] == 0).all()  # fmt: skip
+        if args.watch is None or complete:
+            return 0
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
+        print(flush=True)
+
+
+def _planned_trials(store: Any) -> dict[str, int | None]:
+    """Trials per stage as the spec the latest run kept plans them now (None: not known yet); empty for a
+    store that keeps no spec, or one this version cannot plan."""
+    from pydantic import ValidationError
+
+    from nas_service.experiment_runner import upstream_from_store
+    from nas_service.planner import plan
+    from nas_service.spec import ExperimentSpec
+    from nas_service.trials import PlanError
+
+    record = store.experiment_record()
+    if not record or "spec" not in record:
+        return {}
+    try:
+        spec = ExperimentSpec.model_validate(record["spec"])
+        current = plan(spec, upstream=upstream_from_store(store))
+    except (ValidationError, PlanError, ValueError) as err:
+        print(f"status: cannot plan the kept spec ({err}); showing recorded trials only", file=sys.stderr)
+        return {}
+    return {stage.name: current.stage(stage.name).expected_trials for stage in spec.stages}
 
 
 def _results(args: argparse.Namespace) -> int:
@@ -156,12 +208,15 @@ def baselines_from(options: list[str], trials: Any) -> dict[str, str]:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from nas_service.report import format_report, write_report
+    from nas_service.report import format_report
+    from nas_service.report_page import html_to_text, load_report_data, spec_baselines, spec_sweeps, write_report
 
-    trials = _existing_store(args.experiment).trials()
-    baselines = baselines_from(args.baseline, trials)
+    data = load_report_data([_existing_store(path) for path in args.experiment])
+    baselines = {**spec_baselines(data), **baselines_from(args.baseline, data.trials)}
     if args.output:
-        print(write_report(trials, args.output, baselines))
-        return 0
-    print(format_report(trials, baselines, args.format))
+        print(write_report(data, args.output, baselines))
+    elif args.format == "html":
+        print(html_to_text(data, baselines))
+    else:
+        print(format_report(data.trials, baselines, args.format, spec_sweeps(data)))
     return 0

@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("job_id", nargs="?", help="a submission id (status, logs, stop)")
     p.add_argument("--address", required=True, help="the dashboard URL, e.g. http://HEAD:8265")
     p.add_argument("--token", default=None)
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="logs: stream the job's output until it ends, then exit with its outcome (as --wait)")
     p.set_defaults(func=_jobs)
 
 
@@ -91,6 +93,12 @@ def _jobs(args: argparse.Namespace) -> int:
     if args.action == "status":
         info = client.get_job_info(args.job_id)
         print(f"{args.job_id}: {info.status.value} {info.message or ''}".rstrip())
+    elif args.action == "logs" and args.follow:
+        from nas_service.ray_runtime.jobs import follow_job_logs
+
+        status = follow_job_logs(client, args.job_id, lambda text: print(text, end="", flush=True))
+        print(f"{args.job_id}: {status}")
+        return 0 if status == "SUCCEEDED" else 1
     elif args.action == "logs":
         print(client.get_job_logs(args.job_id), end="")
     else:

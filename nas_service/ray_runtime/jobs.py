@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JobInfo", "SubmitResult", "jobs_client", "experiment_jobs", "submit_experiment", "ACTIVE_STATES"]
+__all__ = ["JobInfo", "SubmitResult", "jobs_client", "experiment_jobs", "submit_experiment", "follow_job_logs",
+           "ACTIVE_STATES"]
 
 ACTIVE_STATES = ("PENDING", "RUNNING")
 # What the job's working directory leaves behind: environments, results, VCS data.
@@ -85,3 +88,22 @@ def submit_experiment(client: Any, *, experiment: str, entrypoint: str, working_
     client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env,
                       metadata={"experiment": experiment, "attempt": str(attempt)})  # fmt: skip
     return SubmitResult(submission_id, started=True, status="PENDING")
+
+
+def follow_job_logs(client: Any, submission_id: str, write: Callable[[str], None]) -> str:
+    """Streams a job's output to ``write`` as its driver prints it (the Jobs API's log websocket) until
+    the job ends; returns its final status (``SUCCEEDED``, ``FAILED``, ``STOPPED``)."""
+    import asyncio
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(submission_id):
+            write(chunk)
+
+    asyncio.run(tail())
+    # The stream closes when the job reaches a terminal state; the status may lag it by a moment.
+    for _ in range(50):
+        status = str(client.get_job_status(submission_id).value)
+        if status not in ("PENDING", "RUNNING"):
+            return status
+        time.sleep(0.2)
+    return status

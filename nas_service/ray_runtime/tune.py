@@ -27,6 +27,9 @@ from ..stage_kinds import STAGE_KINDS, StageKind
 from ..trial_lifecycle import run_trial
 from ..trials import Trial
 
+# The driver's progress callback: (started | epoch | finished | errored, the planned trial, metrics or None).
+OnEvent = Callable[[str, Trial, "dict[str, Any] | None"], None]
+
 __all__ = [
     "RAY_ENVIRONMENT",
     "configure_environment",
@@ -177,6 +180,15 @@ class _TuneEdge:
         )  # fmt: skip
 
 
+    def gpus_held(self, trial: Trial) -> float:
+        import ray
+
+        if trial.ddp:  # the driver holds none; every worker holds its own
+            per_worker = dict(trial.ddp.get("resources_per_worker") or {})
+            return float(trial.ddp["workers"]) * float(per_worker.get("GPU", per_worker.get("gpu", 0.0)))
+        return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+
+
 def _known_here(kind: StageKind) -> None:
     """Registers the stage's kind in this worker process when it is not a built-in one (a kind a user
     registered in the driver travels with the trainable)."""
@@ -216,24 +228,31 @@ def _asha(asha: dict[str, Any] | None, epochs: int) -> Any:
 
 
 class _Progress:
-    """A Tune callback (built lazily: Ray is imported only when a stage runs) for per-epoch lines."""
+    """A Tune callback (built lazily: Ray is imported only when a stage runs) that tells the driver's
+    ``on_event(kind, trial, result)`` of each trial's start, epochs, end and errors."""
 
     @staticmethod
-    def make(trial_of: Callable[[dict[str, Any]], Trial | None],
-             on_epoch: Callable[[Trial, dict[str, Any]], None] | None,
-             on_error: Callable[[Trial, str], None] | None) -> Any:  # fmt: skip
+    def make(trial_of: Callable[[dict[str, Any]], Trial | None], on_event: OnEvent | None) -> Any:
         from ray import tune
 
+        def tell(kind: str, tune_trial: Any, result: dict[str, Any] | None = None) -> None:
+            planned = trial_of(tune_trial.config)  # Tune puts its own id in result["trial_id"]
+            if planned is not None and on_event is not None:
+                on_event(kind, planned, result)
+
         class Progress(tune.Callback):
+            def on_trial_start(self, iteration, trials, trial, **info):
+                tell("started", trial)
+
             def on_trial_result(self, iteration, trials, trial, result, **info):
-                planned = trial_of(trial.config)  # Tune puts its own id in result["trial_id"]
-                if planned is not None and on_epoch is not None and "epoch" in result:
-                    on_epoch(planned, result)
+                if "epoch" in result:
+                    tell("epoch", trial, result)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                tell("finished", trial)
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                planned = trial_of(trial.config)
-                if planned is not None and on_error is not None:
-                    on_error(planned, str(trial.error_file or "error"))
+                tell("errored", trial, {"error": str(trial.error_file or "error")})
 
         return Progress()
 
@@ -292,8 +311,7 @@ def run_trials(
     max_concurrent: int,
     is_done: Callable[[], set[str]],
     asha: dict[str, Any] | None = None,
-    on_epoch: Callable[[Trial, dict[str, Any]], None] | None = None,
-    on_error: Callable[[Trial, str], None] | None = None,
+    on_event: OnEvent | None = None,
 ) -> StageOutcome:
     """Runs (or resumes) one stage's trials as one Ray Tune experiment and reports what got done.
 
@@ -310,7 +328,8 @@ def run_trials(
         max_concurrent: at most this many trials at once.
         is_done: the trial ids our results store says are done for good.
         asha: ASHA early stopping (``metric``, ``mode``, ``grace_period``, ``reduction_factor``), or None.
-        on_epoch, on_error: progress callbacks (run in the driver).
+        on_event: ``on_event(kind, trial, result)`` in the driver for each trial's ``started``, ``epoch``
+            (``result``: the reported metrics), ``finished`` and ``errored`` (``result["error"]``).
     """
     from ray import tune
 
@@ -335,7 +354,7 @@ def run_trials(
             param_space={"trial_id": tune.grid_search(todo)},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
                                         scheduler=_asha(asha, epochs)),  # fmt: skip
-            run_config=_run_config(name, storage_path, retries, _Progress.make(trial_of, on_epoch, on_error)),
+            run_config=_run_config(name, storage_path, retries, _Progress.make(trial_of, on_event)),
         )  # fmt: skip
 
     grid = _fit(f"{storage_path}/{name}", make_tuner, trainable)
@@ -357,8 +376,7 @@ def run_optuna_trials(
     max_concurrent: int,
     stage_done_count: Callable[[], int],
     asha: dict[str, Any] | None = None,
-    on_epoch: Callable[[Trial, dict[str, Any]], None] | None = None,
-    on_error: Callable[[Trial, str], None] | None = None,
+    on_event: OnEvent | None = None,
 ) -> StageOutcome:
     """An Optuna search (``OptunaSearch``) over a grid stage's HyperCuboid grid, resumable like any stage.
 
@@ -397,7 +415,7 @@ def run_optuna_trials(
                 num_samples=optuna_plan.trials, max_concurrent_trials=max_concurrent,
                 scheduler=_asha(asha, int(optuna_plan.base_config.get("epochs", 1))),
             ),
-            run_config=_run_config(name, storage_path, retries, _Progress.make(trial_of, on_epoch, on_error)),
+            run_config=_run_config(name, storage_path, retries, _Progress.make(trial_of, on_event)),
         )  # fmt: skip
 
     grid = _fit(f"{storage_path}/{name}", make_tuner, trainable)

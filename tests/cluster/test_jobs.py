@@ -59,6 +59,11 @@ def test_submitted_spec_completes_and_resubmission_reruns_nothing(cluster, tmp_p
     assert "nas-jobs_tiny-1" in listing and "nas-jobs_tiny-2" in listing
     logs = _cli(cluster, "jobs", "logs", "nas-jobs_tiny-2", "--address", cluster.dashboard_url).stdout
     assert "2 trials, 2 done" in logs
+    # A third submission, followed from its start: the stream ends with the job, with the job's outcome.
+    third = _cli(cluster, "submit", str(spec), "--address", cluster.dashboard_url)
+    assert "submitted nas-jobs_tiny-3" in third.stdout, third.stdout + third.stderr
+    followed = _cli(cluster, "jobs", "logs", "nas-jobs_tiny-3", "--follow", "--address", cluster.dashboard_url)
+    assert "2 trials, 2 done" in followed.stdout and followed.stdout.rstrip().endswith("nas-jobs_tiny-3: SUCCEEDED")
     # status and results read the same storage from the client side.
     table = json.loads(_cli(cluster, "results", str(tmp_path / "runs" / "jobs_tiny"), "--format", "json").stdout)
     assert len(table) == 2
