@@ -233,6 +233,12 @@ class InlinePath(SpecModel):
     stem_channels: PositiveInt
     stages: list[tuple[Literal[1, 2], PositiveInt, PositiveInt, _HyperCuboidOp]] = Field(min_length=2)
     head_channels: PositiveInt = 768
+    label: str | None = Field(None, min_length=1, pattern=r"^[^\s=]+$",
+                              description="the path's name in plans and reports (path=<label>); not part of the path")
+
+    def path(self) -> HyperCuboidPath:
+        """The path itself (the label is only its name)."""
+        return HyperCuboidPath.from_dict(self.model_dump(exclude={"label"}))
 
 
 class RandomPaths(SpecModel):
@@ -314,9 +320,10 @@ PathRef = Annotated[
 
 
 def _candidate_tag(v: Any) -> str:
+    # Raw input when validating, the model itself when serializing (the spec kept with the results).
     if isinstance(v, str):
         return "@name"
-    return "@random" if isinstance(v, dict) and "random" in v else "@inline"
+    return "@random" if isinstance(v, RandomPaths) or isinstance(v, dict) and "random" in v else "@inline"
 
 
 Candidate = Annotated[
@@ -557,9 +564,9 @@ def arch_name_issues(stage: Any, where: str, config: TrainConfig | None) -> list
                 issues.append(Issue(at, rule, show(ref)))
         elif isinstance(ref, InlinePath):
             try:
-                HyperCuboidPath.from_dict(ref.model_dump())
+                ref.path()
             except PathError as err:
-                issues.append(Issue(at, str(err), show(ref.model_dump())))
+                issues.append(Issue(at, str(err), show(ref.model_dump(exclude_none=True))))
     return issues
 
 

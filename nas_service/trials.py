@@ -390,8 +390,8 @@ def static_architectures(stage: Any) -> list[Architecture]:
             if isinstance(ref, str):
                 out.append(Architecture("path", ref, f"published:{ref}", f"path={ref}"))
             elif isinstance(ref, InlinePath):
-                text = HyperCuboidPath.from_dict(ref.model_dump()).to_json()
-                out.append(Architecture("path", text, f"inline:{field_name}[{j}]", f"path={field_name}[{j}]"))
+                name = ref.label or f"{field_name}[{j}]"
+                out.append(Architecture("path", ref.path().to_json(), f"inline:{field_name}[{j}]", f"path={name}"))
             elif isinstance(ref, RandomPaths):
                 # One generator per entry, drawn in order: raising N keeps the first paths.
                 rng = random.Random(ref.seed)

@@ -23,7 +23,7 @@ from nas_service.planner import (
     plan,
     trial_id_for,
 )
-from nas_service.spec import Resources, load_spec
+from nas_service.spec import Resources, SpecError, load_spec
 from search_spaces.genotypes import Genotype, get_published
 from search_spaces.paths import HyperCuboidPath, resolve_path
 
@@ -399,7 +399,8 @@ INLINE = {"stem_channels": 8, "head_channels": 64,
 
 
 def test_grid_candidates_are_path_retrains() -> None:
-    stage = {**GRID, "candidates": ["MULTI_CHANNEL_HANDMADE_PATH", INLINE, {"random": 3, "seed": 5}], "seeds": [0, 1]}
+    stage = {**GRID, "candidates": ["MULTI_CHANNEL_HANDMADE_PATH", INLINE, {"random": 3, "seed": 5}], "seeds": [0, 1],
+             "off_grid": "allow"}  # the published human path is on the CIFAR grid, not this one
     trials = plan(spec_of(stage)).stage("grid").trials
     assert len(trials) == 5 * 2
     assert all(t.kind == "grid" and t.config["genotype"] is None for t in trials)
@@ -412,6 +413,34 @@ def test_grid_candidates_are_path_retrains() -> None:
         path = HyperCuboidPath.from_json(t.config["path"])
         assert path.layers == 2 and path.head_channels == 64
         assert {path.stem_channels} | {s.c_out for s in path.stages} <= {8, 16}
+
+
+def test_a_path_off_the_stage_grid_is_refused_unless_allowed() -> None:
+    with pytest.raises(SpecError) as err:
+        spec_of({**GRID, "candidates": ["MULTI_CHANNEL_HANDMADE_PATH", INLINE], "seeds": [0]})
+    assert [i.path for i in err.value.issues] == ["stages[0].candidates[0]"]
+    message = str(err.value)
+    assert "widths [32, 64, 128, 256] not in channels [8, 16]" in message and "head 768, the grid's is 64" in message
+    assert "8 stages, the grid has 4 (2 layers)" in message and "off_grid: allow" in message
+
+
+def test_a_grid_taking_dhgs_paths_must_be_the_search_grid() -> None:
+    search = {"name": "dhgs", "kind": "hypercuboid_search", "recipe": "digits_hypercuboid_search", "seeds": [0]}
+    on_grid = {**GRID, "from": {"stage": "dhgs"}, "candidates": [INLINE], "seeds": [0]}
+    spec_of(search, on_grid)  # the digits recipe's grid is [8, 16] x 2 layers, head 64
+    with pytest.raises(SpecError, match=r"stages\[1\]\.from: takes paths from 'dhgs', whose grid is channels "
+                                        r"\[8, 16\], layers 2, head 64, but this stage's grid is channels \[8, 16, 32\]"):
+        spec_of(search, {**on_grid, "channels": [8, 16, 32]})
+    spec_of(search, {**on_grid, "channels": [8, 16, 32], "off_grid": "allow"})
+
+
+def test_an_inline_path_label_names_its_arm_but_not_its_trial() -> None:
+    plain = plan(spec_of({**GRID, "candidates": [INLINE], "seeds": [0]})).stage("grid").trials[0]
+    named = plan(spec_of({**GRID, "candidates": [{**INLINE, "label": "human"}], "seeds": [0]})).stage("grid").trials[0]
+    assert named.arm.label == "path=human" and plain.arm.label == "path=candidates[0]"
+    assert named.trial_id == plain.trial_id and named.config == plain.config
+    with pytest.raises(SpecError, match="label"):
+        spec_of({**GRID, "candidates": [{**INLINE, "label": "has space"}], "seeds": [0]})
 
 
 def test_random_paths_are_deterministic_and_grow_by_appending() -> None:

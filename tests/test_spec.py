@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ import pytest
 import yaml
 
 from nas_service.commands import validate
-from nas_service.spec import SCHEMA_PATH, SpecError, load_spec, schema_text, stage_base_config, write_schema
+from nas_service.spec import (
+    SCHEMA_PATH, ExperimentSpec, SpecError, load_spec, schema_text, stage_base_config, write_schema,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").rglob("*.yaml"))
@@ -75,6 +78,15 @@ def test_every_example_validates(path: Path, capsys: pytest.CaptureFixture[str])
     spec = load_spec(path)
     for stage in spec.stages:
         assert stage.name in out
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=str(p.relative_to(REPO / "examples"))) for p in EXAMPLES])
+def test_the_spec_kept_with_the_results_validates_back_to_the_same_spec(path) -> None:
+    spec = load_spec(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydantic warns when a union member serializes as the wrong one
+        kept = spec.model_dump(mode="json", by_alias=True)  # as experiment_runner keeps it
+    assert ExperimentSpec.model_validate(kept) == spec
 
 
 def test_examples_exist_for_each_issue_item() -> None:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from search_spaces.paths import PUBLISHED_PATHS, HyperCuboidPath, PathError
 from trainers.config import TrainConfig, config_to_dict
 
 from ..spec_models import (
@@ -43,6 +44,22 @@ class GridStage(TrainStageBase):
     head_channels: PositiveInt = Field(768, description="width of the final SharpSepConv of grid paths")
     optuna: OptunaSpec | None = None
     asha: AshaSpec | None = None
+    off_grid: Literal["refuse", "allow"] = Field(
+        "refuse", description="fixed paths off the stage's grid (channels, layers, head_channels): refused "
+        "unless `allow`, so a comparison on one grid cannot silently mix in another grid's paths")
+
+
+def off_grid_reasons(path: HyperCuboidPath, channels: list[int], layers: int, head_channels: int) -> list[str]:
+    """Why ``path`` is not a path of the grid (empty when it is one)."""
+    reasons = []
+    widths = sorted({path.stem_channels, *(w for s in path.stages for w in (s.c_in, s.c_out))} - set(channels))
+    if widths:
+        reasons.append(f"widths {widths} not in channels {channels}")
+    if len(path.stages) != 2 * layers:
+        reasons.append(f"{len(path.stages)} stages, the grid has {2 * layers} ({layers} layers)")
+    if path.head_channels != head_channels:
+        reasons.append(f"head {path.head_channels}, the grid's is {head_channels}")
+    return reasons
 
     @field_validator("channels")
     @classmethod
@@ -54,7 +71,27 @@ def _check(spec: Any, stage: GridStage, where: str, upstream_stage: Any) -> list
     config, issues, recipe_ok = train_stage_config(spec, stage, where, "retrain")
     if not recipe_ok:
         return issues
-    return issues + arch_name_issues(stage, where, config) + _grid_issues(stage, where, config)
+    issues += arch_name_issues(stage, where, config) + _grid_issues(stage, where, config)
+    return issues + _upstream_grid_issues(spec, stage, where, upstream_stage)
+
+
+def _upstream_grid_issues(spec: Any, stage: GridStage, where: str, upstream_stage: Any) -> list[Issue]:
+    """The paths a DHGS stage extracts are paths of its own grid: it must be this stage's grid."""
+    if (upstream_stage is None or upstream_stage.kind != "hypercuboid_search" or stage.off_grid == "allow"
+            or stage.channels is None or stage.layers is None):  # fmt: skip
+        return []
+    try:
+        search = stage_base_config(spec, upstream_stage)
+    except ValueError:
+        return []  # the upstream stage's own check reports its config
+    theirs = (list(search.channels), search.layers, search.head_channels)
+    mine = (list(stage.channels), stage.layers, stage.head_channels)
+    if theirs == mine:
+        return []
+    rule = (f"takes paths from {upstream_stage.name!r}, whose grid is channels {theirs[0]}, layers {theirs[1]}, "
+            f"head {theirs[2]}, but this stage's grid is channels {mine[0]}, layers {mine[1]}, head {mine[2]}; "
+            "make them one grid, or set `off_grid: allow`")  # fmt: skip
+    return [Issue(f"{where}.from", rule, show(upstream_stage.name))]
 
 
 def _grid_issues(stage: GridStage, where: str, config: TrainConfig | None) -> list[Issue]:
@@ -82,6 +119,27 @@ def _grid_issues(stage: GridStage, where: str, config: TrainConfig | None) -> li
     if stage.asha is not None and config is not None and stage.asha.grace_period > config.epochs:
         issues.append(Issue(f"{where}.asha.grace_period", f"must be <= the stage's epochs ({config.epochs})",
                             show(stage.asha.grace_period)))  # fmt: skip
+    if stage.channels is not None and stage.layers is not None and stage.off_grid == "refuse":
+        issues += _off_grid_issues(stage, where)
+    return issues
+
+
+def _off_grid_issues(stage: GridStage, where: str) -> list[Issue]:
+    """Named and inline paths must be paths of the stage's grid (random and Optuna ones are by construction)."""
+    issues = []
+    refs = [(f"paths[{j}]", r) for j, r in enumerate(stage.paths)]
+    refs += [(f"candidates[{j}]", r) for j, r in enumerate(stage.candidates) if not isinstance(r, RandomPaths)]
+    for field_name, ref in refs:
+        try:
+            path = PUBLISHED_PATHS.get(ref).path if isinstance(ref, str) else ref.path()
+        except (KeyError, PathError):
+            continue  # arch_name_issues reports unknown names and malformed paths
+        reasons = off_grid_reasons(path, list(stage.channels or []), int(stage.layers or 0), stage.head_channels)
+        if reasons:
+            rule = (f"is off the stage's grid ({'; '.join(reasons)}); put it on the grid, or set `off_grid: allow` "
+                    "to mix grids on purpose")  # fmt: skip
+            issues.append(Issue(f"{where}.{field_name}", rule,
+                                show(ref if isinstance(ref, str) else ref.model_dump(exclude_none=True))))  # fmt: skip
     return issues
 
 
