@@ -91,6 +91,13 @@ def _with_arms(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     return epochs.merge(info, on="trial_id", how="inner")
 
 
+def _by_stage(trials: pd.DataFrame, rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """``rows`` per stage, stages in the order their first trial finished (the spec's order), as the tables."""
+    order = dict.fromkeys(trials.sort_values("finished_at", kind="stable")["stage"])
+    groups = dict(tuple(rows.groupby("stage", sort=False))) if not rows.empty else {}
+    return [(stage, groups[stage]) for stage in order if stage in groups]
+
+
 def _band(ax: Any, frame: pd.DataFrame, metric: str, label: str) -> bool:
     """Mean of ``metric`` per epoch over the arm's trials, with the 95% t band where n >= 3."""
     rows = []
@@ -113,7 +120,7 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, folder: Path) ->
     """Per stage: the kind's epoch metric per arm against the epoch."""
     data = _with_arms(trials, epochs)
     out = []
-    for stage, group in data.groupby("stage", sort=False):
+    for stage, group in _by_stage(trials, data):
         kind = group["kind"].iloc[0]
         metric = STAGE_KINDS.get(kind).epoch_metric if kind in STAGE_KINDS else None
         if not metric or metric not in group:
@@ -150,7 +157,7 @@ def error_vs_cost(trials: pd.DataFrame, epochs: pd.DataFrame, folder: Path) -> l
     out = []
     done = trials[trials["status"] == "finished"]
     costs = _trial_costs(trials)
-    for stage, group in done.groupby("stage", sort=False):
+    for stage, group in _by_stage(trials, done):
         kind = group["stage_kind"].iloc[0]
         headline = STAGE_KINDS.get(kind).headline_metric if kind in STAGE_KINDS else None
         if not headline or headline not in group:
@@ -190,7 +197,7 @@ def collapse_telemetry(trials: pd.DataFrame, epochs: pd.DataFrame, folder: Path)
     """Per search stage: the collapse signals the search records every epoch, per arm."""
     data = _with_arms(trials, epochs)
     out = []
-    for stage, group in data.groupby("stage", sort=False):
+    for stage, group in _by_stage(trials, data):
         present = [m for m in TELEMETRY if m in group and pd.to_numeric(group[m], errors="coerce").notna().any()]
         if not present:
             continue

@@ -131,6 +131,7 @@ class ProgressView:
         self.progress: StageProgress | None = None
         self._live: Any = None
         self._last_line = 0.0
+        self._last_text = ""
 
     def start(self, progress: StageProgress) -> None:
         self.progress = progress
@@ -144,11 +145,16 @@ class ProgressView:
         self._last_line = 0.0
 
     def stop(self) -> None:
+        """Ends the live table; the stage's last counts stay on screen as one line."""
         if self._live is not None:
             self._live.stop()
             self._live = None
-        if self.progress is not None:
-            self.out(self.progress.line())
+        if self.progress is not None and self.progress.line() != self._last_text:
+            self._say(self.progress.line())
+
+    def _say(self, line: str) -> None:
+        self._last_text = line
+        self.out(line)
 
     def event(self, kind: str, trial: Trial, result: dict[str, Any] | None = None) -> None:
         """``started`` / ``epoch`` / ``finished`` / ``errored``: counts it and refreshes the view."""
@@ -166,7 +172,7 @@ class ProgressView:
         # A line when a trial ends or fails; while trials run, one at most every plain_every seconds.
         if kind in ("finished", "errored") or now - self._last_line >= self.plain_every:
             self._last_line = now
-            self.out(progress.line())
+            self._say(progress.line())
 
     def _table(self) -> Any:
         from rich.table import Table

@@ -52,8 +52,7 @@ def test_plain_view_prints_when_a_trial_ends_and_at_most_every_interval_otherwis
     view.event("started", dataclasses.replace(_trial("other"), stage="retrain"))  # another stage's: not counted
     view.stop()
     assert lines == ["[search] 0/1 done, 1 running (0/4), 0 pending, 0 failed",
-                     "[search] 1/1 done, 0 running, 0 pending, 0 failed",
-                     "[search] 1/1 done, 0 running, 0 pending, 0 failed"]  # fmt: skip
+                     "[search] 1/1 done, 0 running, 0 pending, 0 failed"]  # stop() does not repeat the last line
 
 
 def test_helpers() -> None:
