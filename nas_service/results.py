@@ -88,6 +88,10 @@ __all__ = [
 RESULTS_SCHEMA_VERSION = 1
 # The experiment's own description beside its tables: a leading '_' keeps Parquet readers off it.
 EXPERIMENT_RECORD = "_experiment.json"
+# A compacted part: per trial in its folder (when the trial ends), or for the whole table at the table's root
+# (when the experiment is complete, or `nas-service compact`). It holds exactly the deduplicated rows of the
+# parts it replaces, so while both exist (a kill between writing it and deleting them) readers get the same rows.
+COMPACTED = "compacted.parquet"
 
 TABLES = ("epochs", "trials")
 STATUSES = ("finished", "diverged", "errored")
@@ -323,6 +327,17 @@ def _pandas_type(typ: pa.DataType) -> Any:
     if pa.types.is_boolean(typ):
         return pd.BooleanDtype()
     return None
+
+
+def _deduplicated(table: str, data: pa.Table) -> pa.Table:
+    """The winning row per key (as :func:`_to_frame` picks it), in the table's row order, types untouched."""
+    if data.num_rows == 0:
+        return data
+    key, tiebreak, order = list(_KEYS[table]), list(_TIEBREAK[table]), list(_ORDER[table])
+    frame = data.select(list(dict.fromkeys(key + tiebreak + order))).to_pandas(types_mapper=_pandas_type)
+    frame["_row"] = range(len(frame))
+    frame = frame.sort_values(key + tiebreak, kind="stable", na_position="first").drop_duplicates(key, keep="last")
+    return data.take(frame.sort_values(order, kind="stable")["_row"].to_numpy())
 
 
 def _to_frame(table: str, data: pa.Table) -> pd.DataFrame:
@@ -591,6 +606,8 @@ class ResultsStore:
         folders = [base] if trial_ids is None else [_join(base, f"trial={_check_name('trial_id', t)}")
                                                     for t in trial_ids]  # fmt: skip
         paths = []
+        if trial_ids is not None and self.filesystem.get_file_info(_join(base, COMPACTED)).type == pafs.FileType.File:
+            paths.append(_join(base, COMPACTED))  # the table-wide part holds rows of every trial
         for folder in folders:
             selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
             for info in self.filesystem.get_file_info(selector):
@@ -617,11 +634,15 @@ class ResultsStore:
         """
         if on_bad_part not in ("warn", "raise"):
             raise ResultsError(f"on_bad_part must be 'warn' or 'raise', got {on_bad_part!r}")
-        paths = self.part_paths(table, trial_ids=trial_ids)
+        wanted = None if trial_ids is None else sorted(set(trial_ids))
+        paths = self.part_paths(table, trial_ids=wanted)
+        table_wide = _join(self.root, table, COMPACTED)
 
         def read(path: str) -> pa.Table | Exception:
             try:
                 with self.filesystem.open_input_file(path) as f:
+                    if wanted is not None and path == table_wide:  # only the asked trials' row groups and rows
+                        return pq.read_table(f, filters=[("trial_id", "in", wanted)])
                     return pq.read_table(f)
             except (pa.ArrowException, OSError) as err:
                 return err
@@ -666,6 +687,72 @@ class ResultsStore:
         """Trials done for good (status in :data:`TERMINAL_STATUSES`: finished, or diverged which is not
         retried), i.e. the ones a resumed run must not start again. Errored trials are not included."""
         return {t for t, status in self.trial_statuses().items() if status in TERMINAL_STATUSES}
+
+    # ---- compaction
+
+    def compact_trial(self, trial_id: str) -> int:
+        """Rewrites one trial's parts of each table as one part in its folder (``compacted.parquet``) and
+        deletes the parts it replaces; returns how many parts went. Run it once the trial has ended.
+
+        Safe under a kill at any instant: the compacted part is written whole (atomic rename or one PUT)
+        before any part is deleted, and it holds the same deduplicated rows, so readers see the same table
+        whether or not the deletes happened; a rerun finishes the job.
+        """
+        _check_name("trial_id", trial_id)
+        removed = 0
+        for table in TABLES:
+            folder = _join(self.root, table, f"trial={trial_id}")
+            paths = [p for p in self.part_paths(table, trial_ids=[trial_id]) if p.startswith(folder + "/")]
+            if not paths or paths == [_join(folder, COMPACTED)]:
+                continue
+            removed += self._replace_parts(table, paths, folder)
+        return removed
+
+    def compact(self) -> dict[str, int]:
+        """Rewrites each table as one part at the table's root (``<table>/compacted.parquet``, every column in
+        one schema, so plain Parquet readers see them all) and deletes the parts it replaces; returns how
+        many parts went per table. As safe under a kill as :meth:`compact_trial`; parts written while it runs
+        (a running experiment) are kept and read beside it."""
+        out = {}
+        for table in TABLES:
+            paths = self.part_paths(table)
+            root_part = _join(self.root, table, COMPACTED)
+            out[table] = 0 if paths in ([], [root_part]) else self._replace_parts(table, paths, _join(self.root, table))
+        return out
+
+    def _replace_parts(self, table: str, paths: list[str], folder: str) -> int:
+        """Writes the deduplicated rows of ``paths`` as ``folder/compacted.parquet``, then deletes the others."""
+        data = self._read_parts(table, paths)
+        meta = {_META_VERSION: str(RESULTS_SCHEMA_VERSION).encode(), _META_TABLE: table.encode()}
+        data = _deduplicated(table, data).replace_schema_metadata(meta)
+        sink = pa.BufferOutputStream()
+        pq.write_table(data, sink, row_group_size=64 * 1024)
+        target = self._write_atomic(folder, COMPACTED, sink.getvalue())
+        removed = 0
+        for path in paths:
+            if path == target:
+                continue
+            try:
+                self.filesystem.delete_file(path)
+                removed += 1
+            except FileNotFoundError:
+                pass  # another compaction got there first
+        if isinstance(self.filesystem, pafs.LocalFileSystem):  # object stores have no folders to leave behind
+            for emptied in {p.rpartition("/")[0] for p in paths} - {folder}:
+                if not self.filesystem.get_file_info(pafs.FileSelector(emptied, allow_not_found=True)):
+                    self.filesystem.delete_dir(emptied)
+                    self._made_dirs.discard(emptied)  # a later write into it must create it again
+        return removed
+
+    def _read_parts(self, table: str, paths: list[str]) -> pa.Table:
+        """The parts, unified; an unreadable part stops a compaction rather than being dropped with it."""
+        parts = []
+        for path in paths:
+            with self.filesystem.open_input_file(path) as f:
+                part = pq.read_table(f)
+            _check_version(path, part)
+            parts.append(part)
+        return _unify(table, parts) if parts else _empty(table)
 
     def export(self, table: TableName, destination: str | os.PathLike[str], *,
                format: ExportFormat | None = None) -> str:  # fmt: skip

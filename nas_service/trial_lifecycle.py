@@ -95,10 +95,13 @@ def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> No
             summary = dict(kind.run_trial(trial, workdir, Hooks(report=report, log=lambda line: None)))
     except DivergedError as err:
         store.write_trial(trial.trial_id, attempt, row(None, "diverged", str(err)))
+        store.compact_trial(trial.trial_id)
         edge.report({"diverged": 1}, None, workdir)
         return
     _backfill_epochs(store, trial, attempt, summary.get("history") or [])
     store.write_trial(trial.trial_id, attempt, row(summary, "finished"))
+    # The trial has ended: its one-row parts become one part per table (a kill here loses nothing).
+    store.compact_trial(trial.trial_id)
     if not summary.get("history") or summary.get("epochs_run") == 0:
         edge.report({"done": 1}, None, workdir)
 
@@ -216,4 +219,5 @@ def record_stopped_early(store: Any, trial: Trial) -> bool:
     row = summary_row(trial, summary, status="finished", wall=wall, cpu=0.0)  # CPU and GPU time were not measured
     row["extra"]["stopped_early"] = True
     store.write_trial(trial.trial_id, int(frame["attempt"].max()), row)
+    store.compact_trial(trial.trial_id)
     return True

@@ -55,3 +55,12 @@ def test_the_pyarrow_recipe_reads_every_column_of_every_part(store) -> None:
     assert epochs.loc[(epochs["trial_id"] == "t1") & (epochs["epoch"] == 2), "valid_acc"].item() == 0.75
     # what the doc warns about: pandas alone keeps the first part's columns
     assert "only_t3" not in pd.read_parquet(store.root + "/epochs").columns
+
+
+def test_a_compacted_store_reads_whole_with_the_plain_pandas_line(store) -> None:
+    store.compact()
+    line = next(b for b in _blocks("python") if "pd.read_parquet(" in b and "unify" not in b)
+    scope: dict = {}
+    exec(line.replace('"runs/quickstart/results/trials"', repr(store.root + "/trials")), scope)
+    trials = scope["trials"]
+    assert "best.only_t3" in trials.columns and len(trials) == 3 and set(store.trials().columns) <= set(trials.columns)

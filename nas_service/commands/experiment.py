@@ -1,4 +1,4 @@
-"""``nas-service run | plan | status | results | report``: experiments on Ray, and their results."""
+"""``nas-service run | plan | status | compact | results | report``: experiments on Ray, and their results."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--watch", nargs="?", type=float, const=5.0, default=None, metavar="SECONDS",
                    help="refresh every SECONDS (default 5) until every planned trial is done, or Ctrl-C")
     p.set_defaults(func=_status)
+
+    p = subparsers.add_parser("compact", help="rewrite an experiment's results as one Parquet file per table "
+                              "(safe to interrupt and rerun; `run` does it when an experiment completes)")  # fmt: skip
+    p.add_argument("experiment", help="<storage>/<experiment name>, a folder or a URI")
+    p.set_defaults(func=_compact)
 
     p = subparsers.add_parser("results", help="the results tables of an experiment")
     p.add_argument("experiment")
@@ -158,6 +163,15 @@ def _planned_trials(store: Any) -> dict[str, int | None]:
         print(f"status: cannot plan the kept spec ({err}); showing recorded trials only", file=sys.stderr)
         return {}
     return {stage.name: current.stage(stage.name).expected_trials for stage in spec.stages}
+
+
+def _compact(args: argparse.Namespace) -> int:
+    store = _existing_store(args.experiment)
+    before = {table: len(store.part_paths(table)) for table in ("epochs", "trials")}
+    store.compact()
+    for table, count in before.items():
+        print(f"{table}: {count} parts -> {len(store.part_paths(table))}")
+    return 0
 
 
 def _results(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -61,9 +62,9 @@ def test_the_darts_vs_human_comparison_runs_on_one_grid_on_ray(tmp_path, ray_hom
     # Optuna made its 3 trials under ASHA: each ran both epochs or was stopped early and recorded as such.
     optuna = by_stage["optuna"]
     assert len(optuna) == 3
-    stopped = optuna.get("extra.stopped_early")
-    for completed, early in zip(optuna["epochs_completed"], stopped if stopped is not None else [None] * 3):
-        assert completed == TINY["epochs"] or early is True
+    stopped = optuna.get("extra.stopped_early", pd.Series([pd.NA] * len(optuna), index=optuna.index))
+    for completed, early in zip(optuna["epochs_completed"], stopped):
+        assert completed == TINY["epochs"] or (not pd.isna(early) and bool(early)), (completed, early)
     assert len(by_stage["optuna_retrain"]) == 2
 
     # The report compares every arm of `compare` with the human path, and the page is written.
