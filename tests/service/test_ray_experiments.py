@@ -109,10 +109,11 @@ def test_sweep_completes_with_one_row_per_trial_and_epoch(tmp_path):
     assert [line.split()[2] for line in trials.splitlines()[1:]] == ["finished"] * 3
 
     # Running the same command again runs nothing and changes nothing.
-    before = sorted(p.name for p in (tmp_path / "runs" / "tiny" / "results").rglob("*.parquet"))
+    store = store_of(tmp_path)
+    before = written(store, list(store.trials()["trial_id"]))
     code, out = finish(start_run(spec, cli_env(tmp_path)))
     assert code == 0, out
-    assert sorted(p.name for p in (tmp_path / "runs" / "tiny" / "results").rglob("*.parquet")) == before
+    assert written(store, list(store.trials()["trial_id"])) == before  # not one row written again
 
 
 def test_sigkill_after_the_first_trial_then_rerun(tmp_path):
