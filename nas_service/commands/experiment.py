@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default=None, help="write to this file (parquet needs one)")
     p.set_defaults(func=_results)
 
-    p = subparsers.add_parser("report", help="comparison per stage and arm: mean, spread and 95% intervals over "
+    p = subparsers.add_parser("report", help="comparison per stage and arm: mean, spread and 95%% intervals over "
                               "replicates, tests against a baseline arm, main effects, cost, plots")  # fmt: skip
     p.add_argument("experiment", nargs="+",
                    help="<storage>/<experiment name>, a folder or a URI; several are compared in one report")

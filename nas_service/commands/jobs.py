@@ -55,14 +55,14 @@ def _submit(args: argparse.Namespace) -> int:
 
     spec = _load(args.spec, args.storage)  # invalid specs fail here, before anything is sent
     check_storage_for_cluster(spec.storage, args.address, args.shared_storage)
-    project = Path(__file__).resolve().parents[2]
     spec_file = Path(args.spec).resolve()
     # The job runs the same `run` command (so a resubmitted job resumes); the spec text travels in its
-    # environment, the project in its working directory.
+    # environment, the spec's folder is its working directory, and the project's packages go as py_modules
+    # (from a checkout or site-packages alike: never the whole site-packages).
     entrypoint = f"python -m nas_service.cli run env:{SPEC_ENV} --address auto --storage {shlex.quote(spec.storage)}"
     client = jobs_client(args.address, token=args.token)
     result = submit_experiment(
-        client, experiment=spec.name, entrypoint=entrypoint, working_dir=str(project),
+        client, experiment=spec.name, entrypoint=entrypoint, working_dir=str(spec_file.parent),
         env_vars={SPEC_ENV: spec_file.read_text(), SPEC_BASE_ENV: str(spec_file.parent)},
     )  # fmt: skip
     if result.started:

@@ -17,11 +17,21 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["JobInfo", "SubmitResult", "jobs_client", "experiment_jobs", "submit_experiment", "follow_job_logs",
-           "ACTIVE_STATES"]
+           "job_runtime_env", "project_modules", "ACTIVE_STATES"]
 
 ACTIVE_STATES = ("PENDING", "RUNNING")
 # What the job's working directory leaves behind: environments, results, VCS data.
 RUNTIME_EXCLUDES = [".venv", ".git", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache"]
+# The project's own packages: what a job needs of this code, wherever it is installed (a checkout, an editable
+# install or a wheel in site-packages). Their dependencies (torch, Ray, ...) come with the cluster's image.
+PROJECT_PACKAGES = ("nas_service", "search_spaces", "trainers")
+
+
+def project_modules() -> list[str]:
+    """The folders of the project's packages as this process imports them (for the runtime env's py_modules)."""
+    import importlib
+
+    return [str(Path(importlib.import_module(name).__file__).resolve().parent) for name in PROJECT_PACKAGES]
 
 
 @dataclass(frozen=True)
@@ -71,20 +81,28 @@ def experiment_jobs(client: Any, experiment: str) -> list[JobInfo]:
     return [info for _, info in sorted(found)]
 
 
+def job_runtime_env(working_dir: str, env_vars: dict[str, str] | None = None) -> dict[str, Any]:
+    """A job's runtime env: the user's folder as its working directory, the project's three packages as
+    py_modules (never the site-packages they may sit in), Ray's usage statistics off."""
+    return {
+        "working_dir": working_dir,
+        "py_modules": project_modules(),
+        "excludes": RUNTIME_EXCLUDES,
+        "env_vars": {"RAY_USAGE_STATS_ENABLED": "0", **(env_vars or {})},
+    }
+
+
 def submit_experiment(client: Any, *, experiment: str, entrypoint: str, working_dir: str,
                       env_vars: dict[str, str] | None = None) -> SubmitResult:  # fmt: skip
-    """Submits ``entrypoint`` as the next attempt of ``experiment``, unless one is already active."""
+    """Submits ``entrypoint`` as the next attempt of ``experiment``, unless one is already active; the job
+    runs in ``working_dir`` (the spec's folder) with the project's packages (:func:`job_runtime_env`)."""
     jobs = experiment_jobs(client, experiment)
     for job in jobs:
         if job.status in ACTIVE_STATES:
             return SubmitResult(job.submission_id, started=False, status=job.status)
     attempt = int(jobs[-1].submission_id.rsplit("-", 1)[1]) + 1 if jobs else 1
     submission_id = f"{_prefix(experiment)}{attempt}"
-    runtime_env = {
-        "working_dir": working_dir,
-        "excludes": RUNTIME_EXCLUDES,
-        "env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": ".", **(env_vars or {})},
-    }
+    runtime_env = job_runtime_env(working_dir, env_vars)
     client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env,
                       metadata={"experiment": experiment, "attempt": str(attempt)})  # fmt: skip
     return SubmitResult(submission_id, started=True, status="PENDING")

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from cluster import local_cluster as lc
+from nas_service.ray_runtime.jobs import PROJECT_PACKAGES, job_runtime_env, jobs_client
 from nas_service.results import ResultsStore
-from tests.helpers import free_port, tiny_ddp_spec, tiny_search_spec
+from tests.helpers import ROOT, free_port, tiny_ddp_spec, tiny_search_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -49,6 +50,13 @@ def test_submitted_spec_completes_and_resubmission_reruns_nothing(cluster, tmp_p
     assert "submitted nas-jobs_tiny-1" in first.stdout and "SUCCEEDED" in first.stdout, first.stdout + first.stderr
     store = ResultsStore(str(tmp_path / "runs"), "jobs_tiny")
     assert len(store.trials()) == 2 and set(store.trials()["status"]) == {"finished"}
+    # What the job uploaded: the spec's folder as its working directory, the project's three packages as
+    # py_modules (never the site-packages they may be installed in).
+    client = jobs_client(cluster.dashboard_url, token=cluster.token)
+    runtime_env = client.get_job_info("nas-jobs_tiny-1").runtime_env
+    assert runtime_env["working_dir"].startswith("gcs://") and len(runtime_env["py_modules"]) == 3, runtime_env
+    assert job_runtime_env(str(tmp_path))["working_dir"] == str(tmp_path)
+    assert [Path(m).name for m in job_runtime_env(str(tmp_path))["py_modules"]] == list(PROJECT_PACKAGES)
     rows = sorted(zip(*(store.epochs()[c] for c in ("trial_id", "epoch", "attempt", "written_at"))))
 
     second = _cli(cluster, "submit", str(spec), "--address", cluster.dashboard_url, "--wait")
@@ -67,6 +75,52 @@ def test_submitted_spec_completes_and_resubmission_reruns_nothing(cluster, tmp_p
     # status and results read the same storage from the client side.
     table = json.loads(_cli(cluster, "results", str(tmp_path / "runs" / "jobs_tiny"), "--format", "json").stdout)
     assert len(table) == 2
+
+
+def _wheel_venv(tmp_path: Path) -> Path:
+    """A fresh virtual environment with the project installed from its built wheel (not editable). Its
+    dependencies come from this venv's site-packages through a .pth line (the .pth files in there, such as
+    the checkout's editable install, are not processed), so nothing multi-GB is installed again."""
+    dist, venv = tmp_path / "dist", tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
+                    str(ROOT)], check=True, capture_output=True, cwd=tmp_path)  # fmt: skip
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    [site] = (venv / "lib").glob("python3*/site-packages")
+    deps = subprocess.run([sys.executable, "-c", "import site; print(site.getsitepackages()[0])"], check=True,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    (site / "project-deps.pth").write_text(deps + "\n")
+    [wheel] = dist.glob("nas_service-*.whl")
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True,
+                   capture_output=True)  # fmt: skip
+    return venv
+
+
+def test_an_installed_wheel_runs_a_copied_example_and_submits_it(cluster, tmp_path):
+    venv = _wheel_venv(tmp_path)
+    user = tmp_path / "user"  # the user's own folder, outside the checkout
+    user.mkdir()
+    spec = user / "spec.yaml"
+    spec.write_text(tiny_search_spec("wheel_tiny", "runs", seeds=[0]))  # storage relative to the spec
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": ""}
+    env.pop("RAY_ADDRESS", None)
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "from nas_service.ray_runtime.jobs import "
+                            "project_modules; print('\\n'.join(project_modules()))"], cwd=user, env=env,
+                           capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    site = str(next((venv / "lib").glob("python3*/site-packages")))
+    assert where == [f"{site}/{name}" for name in PROJECT_PACKAGES]  # the wheel's packages, not the checkout's
+
+    run = subprocess.run([str(venv / "bin" / "nas-service"), "run", str(spec), "--num-cpus", "2"], cwd=user, env=env,
+                         capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert len(ResultsStore(str(user / "runs"), "wheel_tiny").trials()) == 1
+
+    submitted = subprocess.run([str(venv / "bin" / "nas-service"), "submit", str(spec), "--address",
+                                cluster.dashboard_url, "--wait"], cwd=user, env={**env, **cluster.client_env()},
+                               capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert "SUCCEEDED" in submitted.stdout, submitted.stdout + submitted.stderr
+    client = jobs_client(cluster.dashboard_url, token=cluster.token)
+    runtime_env = client.get_job_info("nas-wheel_tiny-1").runtime_env
+    assert len(runtime_env["py_modules"]) == 3 and runtime_env["working_dir"].startswith("gcs://"), runtime_env
 
 
 def test_local_storage_is_refused_for_a_remote_cluster(tmp_path):
