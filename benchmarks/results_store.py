@@ -5,8 +5,9 @@ runs, its trial row, ``compact_trial`` when it ends, ``compact`` when the experi
 cell-search spec of ``--trials`` trials (10 arms: 2 weightings x 5 learning rates, the rest seeds) of
 ``--epochs`` epochs each, and one of 10 trials. Then times ``plan``, ``status``, ``results``, ``report`` and
 ``report -o`` (the page with its figures) as the CLI runs them (one process each, imports included), and
-prints seconds for both stores and the ratio. ``--uncompacted`` also times ``status`` before the final
-table compaction (one part per ended trial and table).
+prints seconds for both stores and the ratio. ``--uncompacted`` also times ``status`` on the large store
+as it was before compaction existed (one part per epoch), per ended trial (one part per trial and table),
+and compacted.
 
     .venv/bin/python benchmarks/results_store.py                       # 1000 x 120 against 10 x 120
     .venv/bin/python benchmarks/results_store.py --trials 200 --epochs 50
@@ -45,8 +46,11 @@ stages:
 """
 
 
-def build(folder: Path, name: str, trials: int, epochs: int, *, final_compaction: bool = True) -> Path:
-    """Writes the spec and its store (every planned trial finished); returns the spec's path."""
+def build(folder: Path, name: str, trials: int, epochs: int, *, compaction: str = "all") -> Path:
+    """Writes the spec and its store (every planned trial finished); returns the spec's path.
+
+    ``compaction``: ``none`` (one part per epoch and trial row), ``trial`` (compacted as each trial ends) or
+    ``all`` (and the tables at the end, as ``run`` leaves a complete experiment)."""
     from nas_service.planner import plan
     from nas_service.results import ResultsStore
     from nas_service.spec import load_spec
@@ -71,8 +75,9 @@ def build(folder: Path, name: str, trials: int, epochs: int, *, final_compaction
             "best": {"valid_acc": 0.9 + 0.001 * (i % 7)}, "wall_seconds": 12.0 * epochs,
             "extra": {"arm_label": trial.arm.label, "axes_json": json.dumps(trial.axes, sort_keys=True)},
         })  # fmt: skip
-        store.compact_trial(trial.trial_id)
-    if final_compaction:
+        if compaction != "none":
+            store.compact_trial(trial.trial_id)
+    if compaction == "all":
         store.compact()
     return spec_path
 
@@ -99,24 +104,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=120)
     parser.add_argument("--small", type=int, default=10, help="trials of the small store")
-    parser.add_argument("--uncompacted", action="store_true", help="also time status before the final compaction")
+    parser.add_argument("--uncompacted", action="store_true",
+                        help="instead: status on one store per layout (per epoch, per trial, per table)")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="nas-bench-store-"))
     stores = {}
+    if args.uncompacted:
+        spec = build(work, "bench_parts", args.trials, args.epochs, compaction="none")
+        experiment = work / "runs" / "bench_parts"
+        for layout in ("one part per epoch", "one part per trial and table", "one file per table"):
+            parts = len(list((experiment / "results").rglob("*.parquet")))
+            print(f"status, {layout} ({parts} files): {timed('status', str(experiment)):.2f} s", flush=True)
+            if layout == "one part per epoch":
+                from nas_service.results import ResultsStore
+
+                store = ResultsStore(work / "runs", "bench_parts")
+                for trial_id in sorted(store.trials()["trial_id"]):
+                    store.compact_trial(trial_id)
+            else:
+                timed("compact", str(experiment))
+        return 0
     for label, trials in (("small", args.small), ("large", args.trials)):
         start = time.perf_counter()
-        spec = build(work, f"bench_{label}", trials, args.epochs, final_compaction=not args.uncompacted)
+        spec = build(work, f"bench_{label}", trials, args.epochs)
         experiment = work / "runs" / f"bench_{label}"
         parts = len(list((experiment / "results").rglob("*.parquet")))
         print(f"{label}: {trials} trials x {args.epochs} epochs written in {time.perf_counter() - start:.0f} s, "
               f"{parts} Parquet files", flush=True)  # fmt: skip
         stores[label] = (spec, experiment)
-    if args.uncompacted:
-        print(f"{'status (one part per trial and table)':<40}"
-              + "".join(f"{timed('status', str(e)):>10.2f}" for _, e in stores.values()))
-        for _, experiment in stores.values():
-            timed("compact", str(experiment))
     print(f"\n{'command':<40}{'small s':>10}{'large s':>10}{'large/small':>13}")
     small_commands, large_commands = commands(*stores["small"], work / "s"), commands(*stores["large"], work / "l")
     for name in small_commands:

@@ -28,3 +28,10 @@ def test_dilated_conv_benchmark_prints_a_ratio_per_shape():
     out = _run("dilated_conv.py", "--batch", "2", "--repeats", "1")
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert len(rows) == 10 and all(float(row[-1]) > 0 for row in rows)
+
+
+def test_results_store_benchmark_times_each_command_on_both_stores():
+    out = _run("results_store.py", "--trials", "4", "--epochs", "2", "--small", "2")
+    rows = {line.split()[0] for line in out.splitlines() if line.endswith("x")}
+    assert {"plan", "status", "results", "report"} <= rows
+    assert "large: 4 trials x 2 epochs written" in out and "2 Parquet files" in out
