@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 # Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ("experiment", "validate", "jobs", "train", "genotypes", "draw", "schedule")
+COMMAND_MODULES = ("experiment", "validate", "jobs", "train", "genotypes", "draw", "schedule", "examples")
 
 
 class UserError(Exception):

@@ -109,6 +109,15 @@ def test_an_installed_wheel_runs_a_copied_example_and_submits_it(cluster, tmp_pa
     site = str(next((venv / "lib").glob("python3*/site-packages")))
     assert where == [f"{site}/{name}" for name in PROJECT_PACKAGES]  # the wheel's packages, not the checkout's
 
+    # the shipped examples and cluster configs come out of the installed wheel
+    copied = subprocess.run([str(venv / "bin" / "nas-service"), "examples", "shipped"], cwd=user, env=env,
+                            capture_output=True, text=True)  # fmt: skip
+    assert copied.returncode == 0, copied.stderr
+    assert (user / "shipped" / "cluster" / "kuberay" / "rayjob.yaml").is_file()
+    valid = subprocess.run([str(venv / "bin" / "nas-service"), "validate", "shipped/examples/darts_vs_human.yaml"],
+                           cwd=user, env=env, capture_output=True, text=True)  # fmt: skip
+    assert valid.returncode == 0 and valid.stdout.strip().endswith("valid"), valid.stdout + valid.stderr
+
     run = subprocess.run([str(venv / "bin" / "nas-service"), "run", str(spec), "--num-cpus", "2"], cwd=user, env=env,
                          capture_output=True, text=True, timeout=400)  # fmt: skip
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
