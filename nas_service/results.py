@@ -635,7 +635,6 @@ class ResultsStore:
         if on_bad_part not in ("warn", "raise"):
             raise ResultsError(f"on_bad_part must be 'warn' or 'raise', got {on_bad_part!r}")
         wanted = None if trial_ids is None else sorted(set(trial_ids))
-        paths = self.part_paths(table, trial_ids=wanted)
         table_wide = _join(self.root, table, COMPACTED)
 
         def read(path: str) -> pa.Table | Exception:
@@ -647,9 +646,18 @@ class ResultsStore:
             except (pa.ArrowException, OSError) as err:
                 return err
 
-        # Parts are tiny and an object store answers each GET with latency: read them concurrently.
-        with ThreadPoolExecutor(max_workers=max(1, min(16, len(paths)))) as pool:
-            loaded = list(pool.map(read, paths))
+        for _ in range(5):
+            paths = self.part_paths(table, trial_ids=wanted)
+            # Parts are tiny and an object store answers each GET with latency: read them concurrently.
+            with ThreadPoolExecutor(max_workers=max(1, min(16, len(paths)))) as pool:
+                loaded = list(pool.map(read, paths))
+            gone = [p for p, part in zip(paths, loaded) if isinstance(part, Exception)
+                    and self.filesystem.get_file_info(p).type == pafs.FileType.NotFound]  # fmt: skip
+            if not gone:
+                break
+            # A compaction deleted them after we listed: their rows are in the part it wrote; list again.
+        else:
+            raise ResultsError(f"results parts kept vanishing while being read (a compaction loop?): {gone[:3]}")
         parts = []
         for path, part in zip(paths, loaded):
             if isinstance(part, Exception):

@@ -8,6 +8,7 @@ import random
 import shutil
 import signal
 import subprocess
+import warnings
 import sys
 
 import pandas as pd
@@ -138,3 +139,23 @@ def test_a_compaction_killed_at_random_points_loses_and_duplicates_nothing(tmp_p
         assert _compact(work, 0).returncode == 0  # the rerun
         _same(expected, _tables(store))
         assert len(list((work / "exp" / "results").rglob("*.parquet"))) == 2
+
+
+def test_a_read_that_races_a_compaction_lists_again_instead_of_losing_rows(tmp_path) -> None:
+    store = ResultsStore(tmp_path, "exp")
+    _fill(store)
+    expected = store.epochs()
+    stale = store.part_paths("epochs")  # what a reader listed just before a compaction ran
+    store.compact()
+    real, calls = store.part_paths, []
+
+    def listing(table, trial_ids=None):
+        calls.append(table)
+        return stale if len(calls) == 1 else real(table, trial_ids=trial_ids)
+
+    store.part_paths = listing  # type: ignore[method-assign]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "skipping unreadable part": the parts are gone, not damaged
+        got = store.epochs()
+    pdt.assert_frame_equal(expected, got)
+    assert calls == ["epochs", "epochs"]
