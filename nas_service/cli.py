@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="sharpDARTS-family architecture and hyperparameter search as a service on Ray.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an unexpected error (by default: one line)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"nas_service.commands.{name}").register(sub)
@@ -39,9 +41,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (UserError, ValueError, KeyError, FileNotFoundError) as err:
         # Bad input: one line that names the rule and the value; never a traceback.
+        if args.debug:
+            raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"nas-service {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - the environment failed (network, disk, cluster): one line, exit 1
+        if args.debug:
+            raise
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(f"nas-service {args.command}: error: {type(err).__name__}: {first} (--debug shows the traceback)",
+              file=sys.stderr)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -85,6 +85,22 @@ class ExperimentLocation:
     def ddp(self) -> str:
         return self.under("ddp")
 
+    def check_local(self) -> None:
+        """Refuses, before anything starts, a local storage path that is (or lies under) a file.
+
+        Raises:
+            ValueError: naming the file.
+        """
+        base = self.local_base
+        if base is None:
+            return
+        for folder in (base / self.name, *(base / self.name).parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise ValueError(f"storage: {str(folder)!r} is a file, not a folder; the experiment's "
+                                     f"results go under <storage>/{self.name}/ (got storage {self.storage!r})")  # fmt: skip
+                return
+
     def trial_workdir(self, trial_id: str) -> Path:
         """A trial's own folder on local storage; scratch space in the temp dir for remote storage."""
         base = self.local_base

@@ -84,6 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     from nas_service.experiment_runner import EXIT_INTERRUPTED, run_experiment
 
     spec = _load(args.spec, args.storage)  # invalid specs fail here, before Ray starts
+    spec.location.check_local()  # and a storage path that cannot hold folders
     resume = f"nas-service run {args.spec}" + (f" --storage {args.storage}" if args.storage else "")
     try:
         outcome = run_experiment(spec, address=args.address, num_cpus=args.num_cpus, spec_path=args.spec)
