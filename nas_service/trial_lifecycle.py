@@ -69,6 +69,7 @@ def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> No
     # The attempt is the epoch this run starts from: a later start has a higher number, and two starts
     # from the same checkpoint write identical rows (resume is exact), so readers dedup safely.
     attempt = have[-1][0] if have else 0
+    earlier = _earlier_attempt_seconds(store, trial.trial_id, attempt)
     started, cpu_started = time.time(), time.process_time()
 
     def report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
@@ -81,10 +82,13 @@ def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> No
         attempt = epoch
 
     def row(summary: Mapping[str, Any] | None, status: str, error: str | None = None) -> dict[str, Any]:
-        wall = time.time() - started
+        # The trial's cost is every attempt's: earlier ones by their recorded epochs' seconds.
+        per_attempt = [*earlier.values(), time.time() - started]
+        wall = float(sum(per_attempt))
         values = summary_row(trial, summary, status=status, error=error, wall=wall,
                              cpu=time.process_time() - cpu_started, gpu=edge.gpus_held(trial) * wall)  # fmt: skip
         values["checkpoint"] = final_checkpoint(workdir)
+        values["extra"]["attempt_wall_seconds"] = json.dumps([round(x, 3) for x in per_attempt])
         return values
 
     try:
@@ -104,6 +108,17 @@ def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> No
     store.compact_trial(trial.trial_id)
     if not summary.get("history") or summary.get("epochs_run") == 0:
         edge.report({"done": 1}, None, workdir)
+
+
+def _earlier_attempt_seconds(store: Any, trial_id: str, attempt: int) -> dict[int, float]:
+    """``{attempt: seconds}`` of the runs of this trial before ``attempt``, from the epoch rows they wrote
+    (all of them, superseded ones too: redone work was paid for)."""
+    raw = store.read_table("epochs", trial_ids=[trial_id])
+    if raw.num_rows == 0 or "epoch_seconds" not in raw.column_names:
+        return {}
+    frame = raw.select(["attempt", "epoch_seconds"]).to_pandas()
+    frame = frame[frame["attempt"] < attempt]
+    return {int(a): float(v) for a, v in frame.groupby("attempt")["epoch_seconds"].sum().items()}
 
 
 def final_checkpoint(workdir: Path) -> str | None:
