@@ -95,8 +95,28 @@ class StageScheduling:
     note: str = ""
 
 
-def stage_scheduling(spec: ExperimentSpec, stage: Any, cluster: dict[str, float]) -> StageScheduling:
+class UnschedulableError(ValueError):
+    """A trial asks for more than the cluster has, and the cluster cannot grow (a local Ray instance)."""
+
+
+def _check_fits(stage: Any, one_trial: dict[str, float], cpus: float, gpus: float, fixed: bool) -> str | None:
+    """None when one trial fits the cluster; else the reason (raised at once on a fixed cluster)."""
+    if one_trial["cpu"] <= cpus + 1e-9 and one_trial["gpu"] <= gpus + 1e-9:
+        return None
+    reason = (f"stage {stage.name!r}: one trial needs {one_trial['cpu']:g} CPUs and {one_trial['gpu']:g} GPUs, "
+              f"the cluster has {cpus:g} and {gpus:g}")  # fmt: skip
+    if fixed:
+        raise UnschedulableError(f"{reason}; it would never start. Lower resources (or resources_per_worker x "
+                                 "workers) in the spec, or run on a cluster with room (--address)")  # fmt: skip
+    return reason
+
+
+def stage_scheduling(spec: ExperimentSpec, stage: Any, cluster: dict[str, float], *,
+                     fixed: bool = False) -> StageScheduling:  # fmt: skip
     """Per-trial resources and concurrency of ``stage`` on a cluster with ``cluster`` resources.
+
+    ``fixed``: the cluster cannot grow (the local Ray instance ``run`` starts itself): a trial that does not
+    fit raises :class:`UnschedulableError` instead of waiting forever for nodes that never come.
 
     A DDP retrain trial (``workers`` >= 2) holds a sliver of a CPU for its driver while its workers hold
     the rest (:func:`~nas_service.ray_runtime.train.ddp_trial_resources`); concurrency counts the workers,
@@ -107,7 +127,9 @@ def stage_scheduling(spec: ExperimentSpec, stage: Any, cluster: dict[str, float]
     workers = getattr(stage, "workers", 1)
     if workers < 2:
         per_trial = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-        return StageScheduling(per_trial, max_concurrent_trials(per_trial, cpus, gpus))
+        waiting = _check_fits(stage, per_trial, cpus, gpus, fixed)
+        note = f"WARNING: {waiting}: its trials wait until nodes with room join" if waiting else ""
+        return StageScheduling(per_trial, max_concurrent_trials(per_trial, cpus, gpus), note=note)
     from .ray_runtime.train import ddp_trial_resources
 
     asked = {"CPU": stage.resources_per_worker.cpu, "GPU": stage.resources_per_worker.gpu}
@@ -116,9 +138,9 @@ def stage_scheduling(spec: ExperimentSpec, stage: Any, cluster: dict[str, float]
     concurrency = max_concurrent_trials(whole, cpus, gpus)
     note = (f"DDP over {workers} workers of {asked['CPU']:g} CPU, {asked['GPU']:g} GPU each; "
             f"up to {concurrency} trial(s) at once")  # fmt: skip
-    if whole["cpu"] > cpus + 1e-9 or whole["gpu"] > gpus + 1e-9:
-        note += (f"; WARNING: one trial needs {whole['cpu']:g} CPUs and {whole['gpu']:g} GPUs, the cluster has "
-                 f"{cpus:g} and {gpus:g}: its workers wait until nodes with room join")  # fmt: skip
+    waiting = _check_fits(stage, whole, cpus, gpus, fixed)
+    if waiting:
+        note += f"; WARNING: {waiting}: its workers wait until nodes with room join"
     ddp = {"workers": workers, "resources_per_worker": asked, "retries": stage.worker_retries,
            "sync_batchnorm": stage.sync_batchnorm}
     return StageScheduling({"cpu": driver["cpu"], "gpu": 0.0}, concurrency, ddp, note)
@@ -180,7 +202,7 @@ def run_experiment(
             a = stage_plan.asha
             asha = {"metric": a.metric, "mode": a.mode, "grace_period": a.grace_period,
                     "reduction_factor": a.reduction_factor}  # fmt: skip
-        scheduling = stage_scheduling(spec, stage, resources)
+        scheduling = stage_scheduling(spec, stage, resources, fixed=address is None)
         if scheduling.note:
             out(f"[{stage.name}] {scheduling.note}")
         searching = stage_plan.state == "search"

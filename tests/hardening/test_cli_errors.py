@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from tests.helpers import ROOT, free_port, tiny_search_spec
+from tests.service.test_ray_experiments import cli_env
 
 
 def _cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
@@ -36,3 +37,17 @@ def test_a_storage_path_that_is_a_file_is_refused_before_ray_starts(tmp_path) ->
     assert done.stderr.strip() == (f"nas-service run: error: storage: '{tmp_path / 'afile'}' is a file, not a folder; "
                                    f"the experiment's results go under <storage>/tiny/ (got storage "
                                    f"'{tmp_path / 'afile'}')")  # fmt: skip
+
+
+def test_a_trial_bigger_than_the_local_machine_is_refused_instead_of_waiting_forever(tmp_path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(tiny_search_spec("big", tmp_path / "runs", seeds=[0]).replace("resources: {cpu: 1, gpu: 0}",
+                                                                                  "resources: {cpu: 1, gpu: 1}"))
+    # Its own HOME and Ray temp folder, as every test that starts Ray (before: never started, never said why).
+    done = subprocess.run([sys.executable, "-m", "nas_service.cli", "run", str(spec), "--num-cpus", "2"],
+                          env={**cli_env(tmp_path), "PYTHONPATH": str(ROOT)}, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]  # the lines before it are Ray's start-up warnings
+    assert last.startswith("nas-service run: error: stage 'search': one trial needs 1 CPUs and 1 GPUs, the cluster "
+                           "has 2 and 0; it would never start."), last  # fmt: skip

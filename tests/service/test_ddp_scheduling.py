@@ -18,7 +18,7 @@ from torch import nn
 
 from nas_service.ray_runtime.train import DRIVER_CPU_SLIVER, ddp_trial_resources
 from trainers.distributed import DDPConfigError
-from nas_service.experiment_runner import stage_scheduling
+from nas_service.experiment_runner import UnschedulableError, stage_scheduling
 from nas_service.spec import SpecError, load_spec
 from trainers.engine import DivergedError, Hooks, evaluate, train_one_epoch
 
@@ -92,7 +92,10 @@ def test_concurrency_counts_workers_on_a_bigger_cluster():
 def test_a_trial_bigger_than_the_cluster_is_warned_about():
     spec = spec_with(workers=4)
     scheduling = stage_scheduling(spec, spec.stages[0], {"CPU": 2.0})
-    assert scheduling.concurrency == 1 and "WARNING: one trial needs 4 CPUs" in scheduling.note
+    assert scheduling.concurrency == 1 and "WARNING: stage 'retrain': one trial needs 4 CPUs" in scheduling.note
+    # the local Ray instance cannot grow: refused at once instead of waiting for nodes that never come
+    with pytest.raises(UnschedulableError, match="one trial needs 4 CPUs and 0 GPUs, the cluster has 2 and 0"):
+        stage_scheduling(spec, spec.stages[0], {"CPU": 2.0}, fixed=True)
 
 
 def test_one_worker_trains_in_the_trial_process_with_the_spec_resources():
