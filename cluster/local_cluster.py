@@ -341,6 +341,19 @@ def _kill_and_wait(procs: list, timeout: float) -> list:
 # Supervisor: the process that holds the Cluster object
 
 
+def _own_address_file(gcs_address: str, node_temp_dir: str) -> None:
+    """Writes the cluster's address where a job supervisor on that node looks for it.
+
+    A job's driver gets the address its supervisor resolves from ``<node temp dir>/ray_current_cluster``;
+    the harness writes that file only under RAY_TMPDIR, so without this the supervisor falls back to any Ray
+    instance it finds in the process list: with two local clusters up, 4 of 15 jobs reached the wrong one.
+    """
+    from ray._private.utils import write_ray_address
+
+    os.makedirs(node_temp_dir, exist_ok=True)
+    write_ray_address(gcs_address, node_temp_dir)
+
+
 def _cluster_env(config: LocalClusterConfig, temp_root: str, token_file: str | None) -> dict[str, str]:
     """Environment of the supervisor, hence of every Ray process it starts."""
     env = {
@@ -459,6 +472,7 @@ def _supervise(config: LocalClusterConfig, temp_root: str, port_base: int, token
         head = cluster.add_node(**head_args)
         install_handlers()
         state["gcs_address"] = cluster.address
+        _own_address_file(cluster.address, head_args["temp_dir"])
         # The harness would let the dashboard move to another port if ours were taken: the user asked for
         # this one, so a different one is an error.
         webui = head.webui_url or ""
@@ -486,6 +500,7 @@ def _supervise(config: LocalClusterConfig, temp_root: str, port_base: int, token
             )
             node = cluster.add_node(**args)
             install_handlers()
+            _own_address_file(cluster.address, args["temp_dir"])
             state["nodes"].append(_node_record(node, "worker", i, config.worker_cpus, config.worker_resources,
                                                port_base, i + 1, args["temp_dir"]))  # fmt: skip
             _write_state(config.state_dir, state)
