@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -33,19 +34,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_jobs)
 
 
-def check_storage_for_cluster(storage: str, address: str, shared: bool) -> None:
-    """Cluster runs need storage every node reaches: a URI, a declared shared mount, or a one-host cluster."""
+def check_storage_for_cluster(storage: str, address: str, shared: bool,
+                              nodes: Callable[[], list[dict]] | None = None) -> None:  # fmt: skip
+    """Cluster runs need storage every node reaches: a URI, a declared shared mount, or a cluster of one
+    node on this machine. For a head on 127.0.0.1 it asks the cluster (``nodes()``: its alive nodes), not
+    the address: a `ray dashboard` tunnel or `kubectl port-forward` reaches a real cluster that way too."""
     from nas_service.location import is_remote
 
-    if is_remote(storage):
+    if is_remote(storage) or shared:
         return
     host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
-    if shared or host in _LOCAL_HOSTS:
-        return
+    where = f"at {address}, another machine"
+    if host in _LOCAL_HOSTS:
+        if nodes is None:
+            return
+        alive = nodes()
+        ips = sorted({str(n.get("node_ip", "?")) for n in alive})
+        if len(alive) <= 1 and set(ips) <= _LOCAL_HOSTS:
+            return
+        where = f"at {address} has {len(alive)} nodes (on {', '.join(ips)})"
     raise ValueError(
-        f"storage: {storage!r} is a local path, but the cluster at {address} may run trials on other hosts, "
-        "where that path is not the same disk; use a URI every node reaches (s3://..., gs://...) or a shared "
-        "mount at the same path on every node and pass --shared-storage"
+        f"storage: {storage!r} is a local path, but the cluster {where}, where it is not the same disk: "
+        "trials on other nodes would write their results there; use a URI every node reaches (s3://..., "
+        "gs://...), or a mount at the same path on every node and pass --shared-storage"
     )
 
 
@@ -54,7 +65,10 @@ def _submit(args: argparse.Namespace) -> int:
     from nas_service.ray_runtime.jobs import jobs_client, submit_experiment
 
     spec = _load(args.spec, args.storage)  # invalid specs fail here, before anything is sent
-    check_storage_for_cluster(spec.storage, args.address, args.shared_storage)
+    from nas_service.ray_runtime.jobs import cluster_nodes
+
+    check_storage_for_cluster(spec.storage, args.address, args.shared_storage,
+                              lambda: cluster_nodes(args.address, token=args.token))  # fmt: skip
     spec_file = Path(args.spec).resolve()
     # The job runs the same `run` command (so a resubmitted job resumes); the spec text travels in its
     # environment, the spec's folder is its working directory, and the project's packages go as py_modules

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JobInfo", "SubmitResult", "jobs_client", "experiment_jobs", "submit_experiment", "follow_job_logs",
+__all__ = ["JobInfo", "SubmitResult", "jobs_client", "cluster_nodes", "experiment_jobs", "submit_experiment", "follow_job_logs",
            "job_runtime_env", "project_modules", "ACTIVE_STATES"]
 
 ACTIVE_STATES = ("PENDING", "RUNNING")
@@ -67,6 +67,17 @@ def jobs_client(address: str, *, token: str | None = None) -> Any:
 
 def _prefix(experiment: str) -> str:
     return f"nas-{experiment}-"
+
+
+def cluster_nodes(address: str, *, token: str | None = None) -> list[dict[str, Any]]:
+    """The cluster's alive nodes (``node_id``, ``node_ip``, ``is_head_node``), from its State API."""
+    import json
+    import urllib.request
+
+    url = f"{address.rstrip('/')}/api/v0/nodes?limit=10000&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
+    request = urllib.request.Request(url, headers=_token_headers(token) or {})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return list(json.loads(response.read())["data"]["result"]["result"])
 
 
 def experiment_jobs(client: Any, experiment: str) -> list[JobInfo]:

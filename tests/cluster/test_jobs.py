@@ -46,7 +46,10 @@ def _cli(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess
 def test_submitted_spec_completes_and_resubmission_reruns_nothing(cluster, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(spec_text(tmp_path / "runs"))
-    first = _cli(cluster, "submit", str(spec), "--address", cluster.dashboard_url, "--wait")
+    # The cluster has three nodes, on this machine: its local storage is shared, and said so.
+    refused = _cli(cluster, "submit", str(spec), "--address", cluster.dashboard_url, check=False)
+    assert refused.returncode == 2 and "has 3 nodes (on 127.0.0.1)" in refused.stderr, refused.stderr
+    first = _cli(cluster, "submit", str(spec), "--address", cluster.dashboard_url, "--shared-storage", "--wait")
     assert "submitted nas-jobs_tiny-1" in first.stdout and "SUCCEEDED" in first.stdout, first.stdout + first.stderr
     store = ResultsStore(str(tmp_path / "runs"), "jobs_tiny")
     assert len(store.trials()) == 2 and set(store.trials()["status"]) == {"finished"}
@@ -59,7 +62,7 @@ def test_submitted_spec_completes_and_resubmission_reruns_nothing(cluster, tmp_p
     assert [Path(m).name for m in job_runtime_env(str(tmp_path))["py_modules"]] == list(PROJECT_PACKAGES)
     rows = sorted(zip(*(store.epochs()[c] for c in ("trial_id", "epoch", "attempt", "written_at"))))
 
-    second = _cli(cluster, "submit", str(spec), "--address", cluster.dashboard_url, "--wait")
+    second = _cli(cluster, "submit", str(spec), "--address", cluster.dashboard_url, "--shared-storage", "--wait")
     assert "submitted nas-jobs_tiny-2" in second.stdout and "SUCCEEDED" in second.stdout, second.stdout
     assert sorted(zip(*(store.epochs()[c] for c in ("trial_id", "epoch", "attempt", "written_at")))) == rows
 
@@ -68,7 +71,7 @@ def test_submitted_spec_completes_and_resubmission_reruns_nothing(cluster, tmp_p
     logs = _cli(cluster, "jobs", "logs", "nas-jobs_tiny-2", "--address", cluster.dashboard_url).stdout
     assert "2 trials, 2 done" in logs
     # A third submission, followed from its start: the stream ends with the job, with the job's outcome.
-    third = _cli(cluster, "submit", str(spec), "--address", cluster.dashboard_url)
+    third = _cli(cluster, "submit", str(spec), "--address", cluster.dashboard_url, "--shared-storage")
     assert "submitted nas-jobs_tiny-3" in third.stdout, third.stdout + third.stderr
     followed = _cli(cluster, "jobs", "logs", "nas-jobs_tiny-3", "--follow", "--address", cluster.dashboard_url)
     assert "2 trials, 2 done" in followed.stdout and followed.stdout.rstrip().endswith("nas-jobs_tiny-3: SUCCEEDED")
@@ -124,7 +127,7 @@ def test_an_installed_wheel_runs_a_copied_example_and_submits_it(cluster, tmp_pa
     assert len(ResultsStore(str(user / "runs"), "wheel_tiny").trials()) == 1
 
     submitted = subprocess.run([str(venv / "bin" / "nas-service"), "submit", str(spec), "--address",
-                                cluster.dashboard_url, "--wait"], cwd=user, env={**env, **cluster.client_env()},
+                                cluster.dashboard_url, "--shared-storage", "--wait"], cwd=user, env={**env, **cluster.client_env()},
                                capture_output=True, text=True, timeout=400)  # fmt: skip
     assert "SUCCEEDED" in submitted.stdout, submitted.stdout + submitted.stderr
     client = jobs_client(cluster.dashboard_url, token=cluster.token)
@@ -160,7 +163,7 @@ def test_a_lost_worker_node_leaves_the_ddp_retrain_to_resume_on_the_surviving_no
                                   worker_retries=2, epochs=5, max_steps_per_epoch=4))  # fmt: skip
     env = {**os.environ, **cluster.client_env(), "RAY_USAGE_STATS_ENABLED": "0"}
     job = subprocess.Popen([sys.executable, "-m", "nas_service.cli", "submit", str(spec), "--address",
-                            cluster.dashboard_url, "--wait"], env=env, stdout=subprocess.PIPE,
+                            cluster.dashboard_url, "--shared-storage", "--wait"], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
     store = ResultsStore(str(tmp_path / "runs"), "ddp_lost_node")
     try:
