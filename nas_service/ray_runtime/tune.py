@@ -268,12 +268,45 @@ def _run_config(name: str, storage_path: str, retries: int, progress: Any) -> An
     )  # fmt: skip
 
 
+logger = logging.getLogger(__name__)
+
+# Tune's own words when its saved state names a checkpoint that a kill left deleted or unwritten.
+_LOST_CHECKPOINT = "does not exist on storage anymore"
+
+
 def _fit(path: str, make_tuner: Callable[[], Any], trainable: Any) -> Any:
+    """Resumes the stage's Tune experiment, or starts it.
+
+    Tune snapshots its state every few seconds and deletes a trial's older checkpoint when a newer one
+    lands (num_to_keep=1): a kill between the two leaves state that names a deleted checkpoint, and every
+    restore of that trial fails. Tune's state is only a cache here (the results store and the trials' own
+    checkpoints say what is done and where each trial stands), so it is dropped and the remaining trials
+    start in a fresh Tune run, resuming from their own checkpoints.
+    """
     from ray import tune
 
-    if tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
+    if not tune.Tuner.can_restore(path):
+        return make_tuner().fit()
+    grid = tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
+    if not any(r.error is not None and _LOST_CHECKPOINT in str(r.error) for r in grid):
+        return grid
+    logger.warning("Tune's saved state at %s names checkpoints a kill deleted; starting its trials afresh from "
+                   "their own checkpoints", path)  # fmt: skip
+    _forget_tune_state(path)
     return make_tuner().fit()
+
+
+def _forget_tune_state(path: str) -> None:
+    """Deletes the experiment-level files ``Tuner.can_restore`` looks for; trial folders stay."""
+    import pyarrow.fs as pafs
+
+    from ..results import resolve_location
+
+    fs, base = resolve_location(path)
+    for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+        name = info.path.rsplit("/", 1)[-1]
+        if info.type == pafs.FileType.File and name.endswith((".pkl", ".json")):
+            fs.delete_file(info.path)
 
 
 def _errors(grid: Any, done: set[str], trial_of: Callable[[dict[str, Any]], Trial | None]) -> dict[str, str]:
@@ -349,9 +382,10 @@ def run_trials(
     epochs = max(int(t.config.get("epochs", 1)) for t in trials)
 
     def make_tuner() -> Any:
+        remaining = [t for t in todo if t not in is_done()]  # a fresh start after a dropped Tune state
         return tune.Tuner(
             trainable,
-            param_space={"trial_id": tune.grid_search(todo)},
+            param_space={"trial_id": tune.grid_search(remaining or todo)},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
                                         scheduler=_asha(asha, epochs)),  # fmt: skip
             run_config=_run_config(name, storage_path, retries, _Progress.make(trial_of, on_event)),
