@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -20,8 +20,8 @@ import pandas as pd
 from .stage_kinds import STAGE_KINDS
 from .statistics import MIN_REPLICATES, compare, holm, main_effects, summarize
 
-__all__ = ["arm_table", "comparison_table", "main_effect_table", "format_report", "status_table", "stage_counts",
-           "REPORT_FORMATS"]
+__all__ = ["arm_table", "comparison_table", "main_effect_table", "ReportTables", "report_tables", "report_sections",
+           "render_report", "format_report", "status_table", "stage_counts", "REPORT_FORMATS"]
 
 # html is the page of nas_service.report_page; the others are text this module writes.
 REPORT_FORMATS = ("text", "markdown", "json", "csv", "latex", "html")
@@ -258,18 +258,30 @@ def _latex(frame: pd.DataFrame, caption: str) -> str:
     return styler.to_latex(caption=caption.replace("_", r"\_"), hrules=True, position="htbp")
 
 
-def report_sections(trials: pd.DataFrame, baselines: Mapping[str, str] | None = None,
-                    sweeps: Mapping[str, Mapping[str, list[Any]]] | None = None,
-                    ) -> list[tuple[str, int, str, pd.DataFrame]]:  # fmt: skip
+@dataclass(frozen=True)
+class ReportTables:
+    """The report's three tables, computed once and rendered in every format: the arms of every stage, each
+    arm against its stage's baseline arm, and the main effects of the sweep axes (``stage`` in each)."""
+
+    arms: pd.DataFrame
+    comparisons: pd.DataFrame
+    main_effects: pd.DataFrame
+
+
+def report_tables(trials: pd.DataFrame, baselines: Mapping[str, str] | None = None,
+                  sweeps: Mapping[str, Mapping[str, list[Any]]] | None = None) -> ReportTables:  # fmt: skip
+    """:func:`arm_table`, :func:`comparison_table` and :func:`main_effect_table` of ``trials``."""
+    return ReportTables(arm_table(trials), comparison_table(trials, baselines or {}), main_effect_table(trials, sweeps))
+
+
+def report_sections(tables: ReportTables) -> list[tuple[str, int, str, pd.DataFrame]]:
     """The report's tables in page order: ``(stage, level, heading, table)``: the arms of each stage
     (level 1), then its comparison with the baseline arm and its main effects where it has them (level 2)."""
-    table = arm_table(trials)
-    if table.empty:
+    if tables.arms.empty:
         return []
-    comparisons = comparison_table(trials, baselines or {})
-    effects = main_effect_table(trials, sweeps)
+    comparisons, effects = tables.comparisons, tables.main_effects
     out = []
-    for stage, group in table.groupby("stage", sort=False):
+    for stage, group in tables.arms.groupby("stage", sort=False):
         group = group.drop(columns=["stage"]).dropna(axis=1, how="all")
         kind = group["kind"].iloc[0]
         out.append((stage, 1, f"{stage} ({kind})", group.drop(columns=["kind"])))
@@ -284,20 +296,21 @@ def report_sections(trials: pd.DataFrame, baselines: Mapping[str, str] | None = 
     return out
 
 
-def format_report(trials: pd.DataFrame, baselines: Mapping[str, str] | None = None, fmt: str = "text",
-                  sweeps: Mapping[str, Mapping[str, list[Any]]] | None = None) -> str:
-    """The report's tables as ``text``, ``markdown`` or ``latex`` (one table per stage, its comparison
-    with the baseline arm and its main effects), or all rows as ``json`` or ``csv``. The ``html`` page is
-    :func:`nas_service.report_page.html_page`."""
+def _check_format(fmt: str) -> None:
     if fmt not in REPORT_FORMATS or fmt == "html":
         raise ValueError(f"format: must be one of {[f for f in REPORT_FORMATS if f != 'html']}, got {fmt!r}")
+
+
+def render_report(tables: ReportTables, fmt: str = "text") -> str:
+    """The tables as ``text``, ``markdown`` or ``latex`` (one table per stage, its comparison with the
+    baseline arm and its main effects), or all rows as ``json`` or ``csv`` (the arms)."""
+    _check_format(fmt)
     if fmt == "json":
-        return json.dumps({"arms": arm_table(trials).to_dict("records"),
-                           "comparisons": comparison_table(trials, baselines or {}).to_dict("records"),
-                           "main_effects": main_effect_table(trials, sweeps).to_dict("records")}, indent=2)  # fmt: skip
+        return json.dumps({"arms": tables.arms.to_dict("records"), "comparisons": tables.comparisons.to_dict("records"),
+                           "main_effects": tables.main_effects.to_dict("records")}, indent=2)  # fmt: skip
     if fmt == "csv":
-        return arm_table(trials).to_csv(index=False)
-    sections = report_sections(trials, baselines, sweeps)
+        return tables.arms.to_csv(index=False)
+    sections = report_sections(tables)
     if not sections:
         return "no finished trials yet"
     parts = []
@@ -310,3 +323,11 @@ def format_report(trials: pd.DataFrame, baselines: Mapping[str, str] | None = No
         else:
             parts.append(f"{'==' if first else '--'} {heading} {'==' if first else '--'}\n" + table.to_string(index=False))
     return "\n\n".join(parts)
+
+
+def format_report(trials: pd.DataFrame, baselines: Mapping[str, str] | None = None, fmt: str = "text",
+                  sweeps: Mapping[str, Mapping[str, list[Any]]] | None = None) -> str:
+    """:func:`render_report` of :func:`report_tables` (the ``html`` page is
+    :func:`nas_service.report_page.html_page`)."""
+    _check_format(fmt)  # before any table is computed
+    return render_report(report_tables(trials, baselines, sweeps), fmt)

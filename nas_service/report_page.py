@@ -22,11 +22,12 @@ import jinja2
 import pandas as pd
 
 from .plots import ReportFigure, render_figures
-from .report import arm_table, comparison_table, format_report, main_effect_table, report_sections
+from .report import ReportTables, render_report, report_sections, report_tables
 from .result_values import package_versions
 from .results import ResultsStore
 
-__all__ = ["ReportData", "load_report_data", "spec_baselines", "spec_sweeps", "html_page", "html_to_text", "write_report"]
+__all__ = ["ReportData", "load_report_data", "spec_baselines", "spec_sweeps", "data_tables", "html_page", "html_to_text",
+           "write_report"]
 
 
 @dataclass
@@ -40,15 +41,14 @@ class ReportData:
 
 def load_report_data(stores: Sequence[ResultsStore]) -> ReportData:
     """Reads the stores' trials, epochs and experiment records (in the order given)."""
-    trials = [s.trials() for s in stores]
-    epochs = [s.epochs() for s in stores]
-    return ReportData(
-        trials=pd.concat([t for t in trials if not t.empty], ignore_index=True) if any(not t.empty for t in trials)
-        else trials[0],
-        epochs=pd.concat([e for e in epochs if not e.empty], ignore_index=True) if any(not e.empty for e in epochs)
-        else epochs[0],
-        records={s.root.rsplit("/", 1)[0]: s.experiment_record() for s in stores},
-    )  # fmt: skip
+
+    def rows(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        # empty frames would only widen the columns with all-null ones; all empty: the first, columns kept
+        filled = [f for f in frames if not f.empty]
+        return pd.concat(filled, ignore_index=True) if filled else frames[0]
+
+    return ReportData(trials=rows([s.trials() for s in stores]), epochs=rows([s.epochs() for s in stores]),
+                      records={s.root.rsplit("/", 1)[0]: s.experiment_record() for s in stores})  # fmt: skip
 
 
 def spec_baselines(data: ReportData) -> dict[str, str]:
@@ -127,12 +127,17 @@ def _trial_versions(trials: pd.DataFrame, name: str) -> str:
     return ", ".join(sorted({str(v) for v in trials[column].dropna()})) or "-"
 
 
-def html_page(data: ReportData, baselines: Mapping[str, str] | None, figures: Sequence[ReportFigure],
+def data_tables(data: ReportData, baselines: Mapping[str, str] | None) -> ReportTables:
+    """The report's tables of ``data``, main-effect levels in its specs' order."""
+    return report_tables(data.trials, baselines, spec_sweeps(data))
+
+
+def html_page(data: ReportData, tables: ReportTables, figures: Sequence[ReportFigure],
               *, title: str | None = None) -> str:  # fmt: skip
     """The self-contained page: every figure inlined as a PNG data URI, so the file reads offline."""
     sections = [{"level": level, "heading": heading, "anchor": f"stage-{html.escape(stage)}",
                  "table": jinja2.utils.markupsafe.Markup(table.to_html(index=False, na_rep="", border=0))}
-                for stage, level, heading, table in report_sections(data.trials, baselines, spec_sweeps(data))]  # fmt: skip
+                for stage, level, heading, table in report_sections(tables)]  # fmt: skip
     grouped: dict[str, list[dict[str, str]]] = {}
     for figure in figures:
         grouped.setdefault(figure.section, []).append({
@@ -159,20 +164,19 @@ def write_report(data: ReportData, output: str | Path, baselines: Mapping[str, s
     for stale in (folder / "figures").glob("*.png"):  # figures of arms a rerun no longer has
         stale.unlink()
     figures = render_figures(data.trials, data.epochs, folder / "figures")
-    tables = {"arms": arm_table(data.trials), "comparisons": comparison_table(data.trials, baselines or {}),
-              "main_effects": main_effect_table(data.trials, spec_sweeps(data))}  # fmt: skip
-    for name, table in tables.items():
+    tables = data_tables(data, baselines)  # once, for the files, the Markdown and the page
+    for name, table in (("arms", tables.arms), ("comparisons", tables.comparisons), ("main_effects", tables.main_effects)):
         if name == "arms" or not table.empty:
             _write(folder / f"{name}.csv", table.to_csv(index=False))
             _write(folder / f"{name}.json", json.dumps(table.to_dict("records"), indent=2))
-    _write(folder / "report.md", f"# Report\n\n{format_report(data.trials, baselines, 'markdown', spec_sweeps(data))}\n")
-    return _write(folder / "report.html", html_page(data, baselines, figures))
+    _write(folder / "report.md", f"# Report\n\n{render_report(tables, 'markdown')}\n")
+    return _write(folder / "report.html", html_page(data, tables, figures))
 
 
 def html_to_text(data: ReportData, baselines: Mapping[str, str] | None) -> str:
     """The page for ``--format html`` on standard output: figures drawn in a temporary folder, inlined."""
     with tempfile.TemporaryDirectory() as scratch:
-        return html_page(data, baselines, render_figures(data.trials, data.epochs, scratch))
+        return html_page(data, data_tables(data, baselines), render_figures(data.trials, data.epochs, scratch))
 
 
 def _write(path: Path, text: str) -> Path:

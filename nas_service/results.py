@@ -330,7 +330,8 @@ def _pandas_type(typ: pa.DataType) -> Any:
 
 
 def _deduplicated(table: str, data: pa.Table) -> pa.Table:
-    """The winning row per key (as :func:`_to_frame` picks it), in the table's row order, types untouched."""
+    """The winning row per key, in the table's row order, types untouched: the highest attempt wins; a tie
+    (the same key written twice) keeps the later write."""
     if data.num_rows == 0:
         return data
     key, tiebreak, order = list(_KEYS[table]), list(_TIEBREAK[table]), list(_ORDER[table])
@@ -341,14 +342,7 @@ def _deduplicated(table: str, data: pa.Table) -> pa.Table:
 
 
 def _to_frame(table: str, data: pa.Table) -> pd.DataFrame:
-    frame = data.to_pandas(types_mapper=_pandas_type)
-    if len(frame):
-        key, tiebreak = list(_KEYS[table]), list(_TIEBREAK[table])
-        # Highest attempt wins; a tie (the same key written twice) keeps the later write.
-        frame = frame.sort_values(key + tiebreak, kind="stable", na_position="first")
-        frame = frame.drop_duplicates(subset=key, keep="last")
-        frame = frame.sort_values(list(_ORDER[table]), kind="stable").reset_index(drop=True)
-    return frame
+    return _deduplicated(table, data).to_pandas(types_mapper=_pandas_type)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -635,22 +629,9 @@ class ResultsStore:
         if on_bad_part not in ("warn", "raise"):
             raise ResultsError(f"on_bad_part must be 'warn' or 'raise', got {on_bad_part!r}")
         wanted = None if trial_ids is None else sorted(set(trial_ids))
-        table_wide = _join(self.root, table, COMPACTED)
-
-        def read(path: str) -> pa.Table | Exception:
-            try:
-                with self.filesystem.open_input_file(path) as f:
-                    if wanted is not None and path == table_wide:  # only the asked trials' row groups and rows
-                        return pq.read_table(f, filters=[("trial_id", "in", wanted)])
-                    return pq.read_table(f)
-            except (pa.ArrowException, OSError) as err:
-                return err
-
         for _ in range(5):
             paths = self.part_paths(table, trial_ids=wanted)
-            # Parts are tiny and an object store answers each GET with latency: read them concurrently.
-            with ThreadPoolExecutor(max_workers=max(1, min(16, len(paths)))) as pool:
-                loaded = list(pool.map(read, paths))
+            loaded = self._load(table, paths, wanted)
             gone = [p for p, part in zip(paths, loaded) if isinstance(part, Exception)
                     and self.filesystem.get_file_info(p).type == pafs.FileType.NotFound]  # fmt: skip
             if not gone:
@@ -670,6 +651,23 @@ class ResultsStore:
             _check_version(path, part)
             parts.append(part)
         return _unify(table, parts) if parts else _empty(table)
+
+    def _load(self, table: str, paths: list[str], wanted: list[str] | None = None) -> list[pa.Table | Exception]:
+        """Each part, or the error reading it. Parts are tiny and an object store answers each GET with
+        latency: they are read concurrently. ``wanted``: only these trials' rows of the table-wide part."""
+        table_wide = _join(self.root, table, COMPACTED)
+
+        def read(path: str) -> pa.Table | Exception:
+            try:
+                with self.filesystem.open_input_file(path) as f:
+                    if wanted is not None and path == table_wide:  # only the asked trials' row groups and rows
+                        return pq.read_table(f, filters=[("trial_id", "in", wanted)])
+                    return pq.read_table(f)
+            except (pa.ArrowException, OSError) as err:
+                return err
+
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(paths)))) as pool:
+            return list(pool.map(read, paths))
 
     def epochs(self, *, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """One row per (trial_id, epoch), the highest attempt winning, sorted by stage, trial_id, epoch.
@@ -754,12 +752,11 @@ class ResultsStore:
 
     def _read_parts(self, table: str, paths: list[str]) -> pa.Table:
         """The parts, unified; an unreadable part stops a compaction rather than being dropped with it."""
-        parts = []
-        for path in paths:
-            with self.filesystem.open_input_file(path) as f:
-                part = pq.read_table(f)
+        parts = self._load(table, paths)
+        for path, part in zip(paths, parts):
+            if isinstance(part, Exception):
+                raise part
             _check_version(path, part)
-            parts.append(part)
         return _unify(table, parts) if parts else _empty(table)
 
     def export(self, table: TableName, destination: str | os.PathLike[str], *,

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", action="append", default=[], metavar="[STAGE=]ARM",
                    help="compare every arm with this arm (label or id); bare ARM: every stage that has it "
                         "(default: the spec's stages[].baseline)")  # fmt: skip
-    p.add_argument("--format", default="text",  # checked by report.format_report (one list of formats)
+    p.add_argument("--format", default="text",  # checked by report.render_report (one list of formats)
                    help="what to print: text (default), markdown, json, csv, latex, or the html page")
     p.add_argument("-o", "--output", default=None,
                    help="a folder: writes report.html (self-contained), report.md, figures/ and the tables "
@@ -78,8 +78,8 @@ def _load(spec_path: str, storage: str | None):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from nas_service.report import format_report
-    from nas_service.report_page import load_report_data, spec_baselines, spec_sweeps, write_report
+    from nas_service.report import render_report
+    from nas_service.report_page import data_tables, load_report_data, spec_baselines, write_report
     from nas_service.results import ResultsStore
     from nas_service.experiment_runner import EXIT_INTERRUPTED, run_experiment
 
@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     data = load_report_data([ResultsStore.of(spec.location)])
     try:
         baselines = spec_baselines(data)
-        print(format_report(data.trials, baselines, sweeps=spec_sweeps(data)))
+        print(render_report(data_tables(data, baselines)))
         folder = spec.location.local_base
         if folder is not None:  # the page beside the results; for object-store storage: `report -o DIR`
             print(f"\nreport page: {write_report(data, folder / spec.name / 'report', baselines)}")
@@ -223,8 +223,8 @@ def baselines_from(options: list[str], trials: Any) -> dict[str, str]:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from nas_service.report import format_report
-    from nas_service.report_page import html_to_text, load_report_data, spec_baselines, spec_sweeps, write_report
+    from nas_service.report import render_report
+    from nas_service.report_page import data_tables, html_to_text, load_report_data, spec_baselines, write_report
 
     data = load_report_data([_existing_store(path) for path in args.experiment])
     baselines = {**spec_baselines(data), **baselines_from(args.baseline, data.trials)}
@@ -233,5 +233,5 @@ def _report(args: argparse.Namespace) -> int:
     elif args.format == "html":
         print(html_to_text(data, baselines))
     else:
-        print(format_report(data.trials, baselines, args.format, spec_sweeps(data)))
+        print(render_report(data_tables(data, baselines), args.format))
     return 0

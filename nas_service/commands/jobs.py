@@ -62,7 +62,7 @@ def check_storage_for_cluster(storage: str, address: str, shared: bool,
 
 def _submit(args: argparse.Namespace) -> int:
     from nas_service.commands.experiment import SPEC_BASE_ENV, SPEC_ENV, _load
-    from nas_service.ray_runtime.jobs import jobs_client, submit_experiment
+    from nas_service.ray_runtime.jobs import ACTIVE_STATES, jobs_client, submit_experiment
 
     spec = _load(args.spec, args.storage)  # invalid specs fail here, before anything is sent
     from nas_service.ray_runtime.jobs import cluster_nodes
@@ -87,7 +87,7 @@ def _submit(args: argparse.Namespace) -> int:
         return 0
     while True:
         status = str(client.get_job_status(result.submission_id).value)
-        if status not in ("PENDING", "RUNNING"):
+        if status not in ACTIVE_STATES:
             print(f"{result.submission_id}: {status}")
             return 0 if status == "SUCCEEDED" else 1
         time.sleep(2)

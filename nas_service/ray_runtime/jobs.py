@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JobInfo", "SubmitResult", "jobs_client", "cluster_nodes", "experiment_jobs", "submit_experiment", "follow_job_logs",
-           "job_runtime_env", "project_modules", "ACTIVE_STATES"]
+__all__ = ["JobInfo", "SubmitResult", "jobs_client", "cluster_nodes", "experiment_jobs", "submit_experiment",
+           "follow_job_logs", "job_runtime_env", "project_modules", "ACTIVE_STATES"]
 
 ACTIVE_STATES = ("PENDING", "RUNNING")
 # What the job's working directory leaves behind: environments, results, VCS data.
@@ -132,7 +132,7 @@ def follow_job_logs(client: Any, submission_id: str, write: Callable[[str], None
     # The stream closes when the job reaches a terminal state; the status may lag it by a moment.
     for _ in range(50):
         status = str(client.get_job_status(submission_id).value)
-        if status not in ("PENDING", "RUNNING"):
+        if status not in ACTIVE_STATES:
             return status
         time.sleep(0.2)
     return status
