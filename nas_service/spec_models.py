@@ -532,6 +532,12 @@ def sweep_issues(config: TrainConfig, stage: Any, where: str) -> list[Issue]:
     return issues
 
 
+def path_refs(stage: Any) -> list[tuple[str, Any]]:
+    """The paths a stage names itself, by field: ``("paths[0]", ref)``, ``("candidates[2]", ref)``, ..."""
+    refs = [(f"paths[{j}]", r) for j, r in enumerate(getattr(stage, "paths", []))]
+    return refs + [(f"candidates[{j}]", r) for j, r in enumerate(getattr(stage, "candidates", []))]
+
+
 def arch_name_issues(stage: Any, where: str, config: TrainConfig | None) -> list[Issue]:
     from search_spaces.genotypes import get_published
 
@@ -554,9 +560,7 @@ def arch_name_issues(stage: Any, where: str, config: TrainConfig | None) -> list
             Genotype.from_dict(ref.model_dump(exclude_none=True)).validate(op_set or "sharp")
         except GenotypeError as err:
             issues.append(Issue(at, str(err), show(ref.model_dump(exclude_none=True))))
-    refs = [(f"paths[{j}]", r) for j, r in enumerate(getattr(stage, "paths", []))]
-    refs += [(f"candidates[{j}]", r) for j, r in enumerate(getattr(stage, "candidates", []))]
-    for field_name, ref in refs:
+    for field_name, ref in path_refs(stage):
         at = f"{where}.{field_name}"
         if isinstance(ref, str):
             if ref not in list_published_paths():

@@ -22,6 +22,7 @@ from ..spec_models import (
     RandomPaths,
     TrainStageBase,
     arch_name_issues,
+    path_refs,
     show,
     stage_base_config,
     train_stage_config,
@@ -127,9 +128,7 @@ def _grid_issues(stage: GridStage, where: str, config: TrainConfig | None) -> li
 def _off_grid_issues(stage: GridStage, where: str) -> list[Issue]:
     """Named and inline paths must be paths of the stage's grid (random and Optuna ones are by construction)."""
     issues = []
-    refs = [(f"paths[{j}]", r) for j, r in enumerate(stage.paths)]
-    refs += [(f"candidates[{j}]", r) for j, r in enumerate(stage.candidates) if not isinstance(r, RandomPaths)]
-    for field_name, ref in refs:
+    for field_name, ref in [(f, r) for f, r in path_refs(stage) if not isinstance(r, RandomPaths)]:
         try:
             path = PUBLISHED_PATHS.get(ref).path if isinstance(ref, str) else ref.path()
         except (KeyError, PathError):
