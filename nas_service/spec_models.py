@@ -478,23 +478,23 @@ def base_config(spec: ExperimentSpec, stage: Any, where: str) -> tuple[TrainConf
 
 def _registered_names(config: TrainConfig) -> list[tuple[str, str, str]]:
     """Names the config types cannot check themselves: the search space, the data set, the op set."""
-    from search_spaces.ops import OP_SETS
+    from search_spaces.names import OP_NAMES
     from search_spaces.spaces import list_search_spaces
-    from trainers.data import get_dataset_info, list_datasets
+    from trainers.dataset_shapes import DATASET_SHAPES
 
     out = []
-    if config.data.dataset not in list_datasets():
-        out.append(("data.dataset", f"must be a registered data set; known: {list_datasets()}",
+    if config.data.dataset not in DATASET_SHAPES:
+        out.append(("data.dataset", f"must be a registered data set; known: {DATASET_SHAPES.names()}",
                     show(config.data.dataset)))  # fmt: skip
-    elif get_dataset_info(config.data.dataset).test_only:
-        trainable = [d for d in list_datasets() if not get_dataset_info(d).test_only]
+    elif DATASET_SHAPES.get(config.data.dataset).test_only:
+        trainable = [name for name, shape in DATASET_SHAPES.items() if not shape.test_only]
         out.append(("data.dataset", f"is test-only (no training split); training data sets: {trainable}",
                     show(config.data.dataset)))  # fmt: skip
     if config.kind == "cell_search" and config.space not in list_search_spaces():
         known = list_search_spaces()
         out.append(("space", f"must be a registered search space; known: {known}", show(config.space)))
-    if config.kind == "retrain" and config.op_set is not None and config.op_set not in OP_SETS:
-        out.append(("op_set", f"must be a registered op set; known: {OP_SETS.names()}", show(config.op_set)))
+    if config.kind == "retrain" and config.op_set is not None and config.op_set not in OP_NAMES:
+        out.append(("op_set", f"must be a registered op set; known: {OP_NAMES.names()}", show(config.op_set)))
     return out
 
 
@@ -595,8 +595,9 @@ def train_stage_config(spec: ExperimentSpec, stage: Any, where: str,
 
 def data_overrides_issues(spec: ExperimentSpec) -> list[Issue]:
     """The spec-wide ``data:`` defaults must name a registered data set."""
-    from trainers.data import list_datasets
+    from trainers.dataset_shapes import DATASET_SHAPES
 
-    if spec.data.dataset is None or spec.data.dataset in list_datasets():
+    if spec.data.dataset is None or spec.data.dataset in DATASET_SHAPES:
         return []
-    return [Issue("data.dataset", f"must be a registered data set; known: {list_datasets()}", show(spec.data.dataset))]
+    known = DATASET_SHAPES.names()
+    return [Issue("data.dataset", f"must be a registered data set; known: {known}", show(spec.data.dataset))]

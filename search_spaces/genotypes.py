@@ -3,6 +3,9 @@
 A :class:`Genotype` is a frozen value: two edges per node, ``(op_name, input_index)``, where inputs 0 and 1
 are the two previous cells and ``i + 2`` is node ``i`` of the same cell. It round-trips through JSON and
 validates itself (known ops, valid input indices, node count) with errors that name the rule and the value.
+
+No torch at import: spec validation and the command line use genotypes, and checking op names needs only
+:mod:`search_spaces.names`. Parsing architecture weights imports torch when it runs.
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .ops import OP_SETS, op_sets_defining
+from .names import OP_NAMES, op_sets_defining
 from .registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "Edge",
@@ -118,7 +122,7 @@ class Genotype:
         """
         ops = self.op_names()
         if op_set is not None:
-            known = set(OP_SETS.get(op_set).names())
+            known = set(OP_NAMES.get(op_set))
             missing = sorted(ops - known)
             if missing:
                 having = op_sets_defining(ops)
@@ -127,7 +131,7 @@ class Genotype:
                     f"op sets that define all its ops: {having or 'none'}"
                 )
         else:
-            known = set().union(*(set(s.names()) for _, s in OP_SETS.items()))
+            known = set().union(*(set(names) for _, names in OP_NAMES.items()))
             unknown = sorted(ops - known)
             if unknown:
                 raise GenotypeError(f"unknown ops {unknown}; known ops: {sorted(known)}")
@@ -213,6 +217,8 @@ def parse_cell(
         steps: nodes per cell; ``n_edges`` must be ``2 + 3 + ... + (steps + 1)``.
         skip_primitive: op name excluded from scoring and choice, or None.
     """
+    import torch  # here, not at the top: the rest of this module serves torch-free callers
+
     w = torch.as_tensor(weights, dtype=torch.float64).detach().cpu()
     n_edges = sum(i + 2 for i in range(steps))
     if w.ndim != 2 or w.shape != (n_edges, len(primitives)):

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from .genotypes import Edge, Genotype, default_op_set, resolve_genotype
 from .ops import FactorizedReduce, Identity, ReLUConvBN, build_op
 from .hypercuboid import build_hypercuboid_op
+from .names import MADDS_CONVENTIONS, MaddsConvention
 from .ops import SharpSepConv
 from .paths import HyperCuboidError, HyperCuboidPath, PathError, resolve_path
 from .registry import Registry
@@ -550,10 +551,6 @@ def count_parameters(model: nn.Module) -> int:
     aux = _auxiliary_modules(model)
     aux_params = {id(p) for m in model.modules() if id(m) in aux for p in m.parameters(recurse=False)}
     return sum(p.numel() for p in model.parameters() if id(p) not in aux_params)
-
-
-MaddsConvention = Literal["conv_linear", "reference"]
-MADDS_CONVENTIONS: tuple[str, ...] = ("conv_linear", "reference")
 
 
 def count_multiply_adds(

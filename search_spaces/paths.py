@@ -3,6 +3,8 @@
 A path is the stem width, then eight stages alternating stride 1 and stride 2 (two per HyperCuboid layer),
 each ``(stride, c_in -> c_out, op)`` with ``op`` in :data:`HYPERCUBOID_OPS`, channel-consistent
 (``c_out`` of a stage is ``c_in`` of the next), then a final ``SharpSepConv(c_last -> head_channels)``.
+
+No torch at import (spec validation and the command line use paths); reading weight grids imports it.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from .registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "HyperCuboidError",
@@ -223,6 +227,8 @@ def _check_channels(channels: Sequence[int]) -> tuple[int, ...]:
 
 def _weights_as_lists(weights: torch.Tensor | Sequence, channels: Sequence[int]) -> list:
     """Validates a weight grid and returns it as nested Python floats (exact float64 arithmetic follows)."""
+    import torch
+
     w = torch.as_tensor(weights).detach().to("cpu", torch.float64)
     n_c = len(channels)
     expected_tail = (n_c, n_c, len(HYPERCUBOID_OPS))
@@ -411,11 +417,12 @@ def random_path(
     chans = _check_channels(channels)
     if layers < 1:
         raise HyperCuboidError(f"random_path: layers must be >= 1, got layers={layers}")
-    if isinstance(rng, torch.Generator):
+    torch_module = sys.modules.get("torch")  # a torch.Generator exists only once torch is imported
+    if torch_module is not None and isinstance(rng, torch_module.Generator):
         gen = rng
 
         def below(n: int) -> int:
-            return int(torch.randint(n, (1,), generator=gen).item())
+            return int(torch_module.randint(n, (1,), generator=gen).item())
     else:
         r = rng if isinstance(rng, random.Random) else random.Random(rng)
         below = r.randrange

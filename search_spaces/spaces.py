@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ops import get_op_set
+from .names import op_names
 from .registry import Registry
 
 __all__ = [
@@ -47,7 +47,7 @@ class SearchSpace:
     description: str = ""
 
     def __post_init__(self) -> None:
-        ops = get_op_set(self.op_set)
+        ops = op_names(self.op_set)
         missing = [p for p in self.primitives if p not in ops]
         if missing:
             raise ValueError(f"search space {self.name!r}: op set {self.op_set!r} lacks ops {missing}")

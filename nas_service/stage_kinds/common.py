@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from trainers.config import config_from_dict, config_to_dict
-from trainers.run import run_config
 
 from ..spec_models import sweep_points, stage_base_config, train_stage_config
 from ..trials import (
@@ -38,6 +37,8 @@ def check_recipe_stage(recipe_kind: str) -> Callable[..., list[Any]]:
 
 def run_recipe_trial(trial: Trial, workdir: Path, hooks: Any) -> Mapping[str, Any]:
     """The ``run_trial`` of a kind whose trials train a recipe: the training engine's loop of its config."""
+    from trainers.run import run_config  # torch: imported where a trial runs, not where a spec is planned
+
     return run_config(config_from_dict(dict(trial.config)), workdir=workdir, hooks=hooks)
 
 

@@ -14,12 +14,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from trainers.checkpoints import latest_checkpoint
-from trainers.data import get_dataset_info, list_datasets
-from trainers.retrain import score_checkpoint
+from trainers.dataset_shapes import DATASET_SHAPES
 
 from ..location import ExperimentLocation
-from ..results import ResultsStore
 from ..spec_models import FromRef, Issue, StageBase, base_config, recipe_issue, resolve_local, show, unique
 from ..trials import Lineage, StagePlan, Trial, Upstream, expected_trials, finished_upstream, make_arm, \
     trial_id_for, upstream_arm  # fmt: skip
@@ -55,11 +52,12 @@ def _check(spec: Any, stage: EvaluateStage, where: str, upstream_stage: Any) -> 
         trained_on = config.data.dataset if config is not None else None
     for j, name in enumerate(stage.datasets):
         at = f"{where}.datasets[{j}]"
-        if name not in list_datasets():
-            issues.append(Issue(at, f"must be a registered data set; known: {list_datasets()}", show(name)))
+        if name not in DATASET_SHAPES:
+            known = DATASET_SHAPES.names()
+            issues.append(Issue(at, f"must be a registered data set; known: {known}", show(name)))
             continue
-        if trained_on in list_datasets():
-            a, b = get_dataset_info(name), get_dataset_info(trained_on)
+        if trained_on in DATASET_SHAPES:
+            a, b = DATASET_SHAPES.get(name), DATASET_SHAPES.get(trained_on)
             if (a.in_channels, a.num_classes) != (b.in_channels, b.num_classes):
                 rule = (f"must match the images and classes of {trained_on!r}, which stage {upstream_stage.name!r} "
                         f"trains on ({b.in_channels} channels, {b.num_classes} classes; this one has "
@@ -99,6 +97,8 @@ def _plan(spec: Any, stage: EvaluateStage, done: Mapping[str, StagePlan], upstre
 
 
 def _checkpoint_of(location: ExperimentLocation, trial_id: str, which: str) -> Path:
+    from trainers.checkpoints import latest_checkpoint  # torch: imported when the stage runs, not to plan it
+
     workdir = location.trial_workdir(trial_id)
     if which == "best":
         return workdir / "best.pt"
@@ -110,6 +110,10 @@ def _checkpoint_of(location: ExperimentLocation, trial_id: str, which: str) -> P
 
 def run_evaluate_stage(trials: Sequence[Trial], location: ExperimentLocation, out: Callable[[str], None]) -> None:
     """Scores each evaluate trial's source checkpoint on its data sets; writes one trial row each."""
+    from trainers.retrain import score_checkpoint  # torch, and results.py's pandas: only when the stage runs
+
+    from ..results import ResultsStore
+
     store = ResultsStore.of(location)
     done = store.finished_trial_ids()
     for trial in trials:
