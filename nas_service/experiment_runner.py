@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import ray_runtime
 from .planner import Plan, max_concurrent_trials, plan
 from .progress import ProgressView, StageProgress, uniform_epochs
 from .result_values import package_versions, utc
@@ -167,6 +166,8 @@ def run_experiment(
 
     ``live_progress``: a live progress table (rich) instead of plain status lines; default: when standard
     output is a terminal."""
+    from . import ray_runtime  # Ray and torch only once a run starts: `nas-service plan` imports this module
+
     location = spec.location
     store = ResultsStore.of(location)
     ddp_stages = any(getattr(stage, "workers", 1) > 1 for stage in spec.stages)

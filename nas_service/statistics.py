@@ -16,7 +16,6 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 __all__ = ["MIN_REPLICATES", "Summary", "Comparison", "MainEffect", "summarize", "compare", "holm", "main_effects"]
 
@@ -55,6 +54,8 @@ def _constant(values: np.ndarray) -> bool:
 
 
 def _t_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    from scipy import stats  # half a second of imports: here, so `nas-service status` (report.py) skips it
+
     low, high = stats.t.interval(confidence, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
     return float(low), float(high)
 
@@ -102,6 +103,8 @@ class Comparison:
 def compare(arm: Mapping[Hashable, float], baseline: Mapping[Hashable, float],
             confidence: float = CONFIDENCE) -> Comparison:  # fmt: skip
     """``arm - baseline`` for two arms given as ``{replicate key: value}``."""
+    from scipy import stats
+
     shared = [k for k in arm if k in baseline]
     if len(shared) >= 2:
         diffs = np.asarray([arm[k] - baseline[k] for k in shared], dtype=float)

@@ -14,9 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from trainers.checkpoints import list_epoch_checkpoints
 from trainers.config import config_to_dict
-from trainers.engine import DivergedError, Hooks
 
 from .location import ExperimentLocation
 from .results import ResultsStore
@@ -53,6 +51,10 @@ class TrialEdge(Protocol):
 
 def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> None:
     """Runs (or resumes) one planned trial and records every epoch and its end in the results store."""
+    # torch: imported where a trial runs; the planner and `nas-service plan/status` read DONE_STATUSES only.
+    from trainers.checkpoints import list_epoch_checkpoints
+    from trainers.engine import DivergedError, Hooks
+
     kind = STAGE_KINDS.get(trial.kind)
     store = ResultsStore.of(location)
     previous = store.trials(trial_ids=[trial.trial_id])
@@ -124,6 +126,8 @@ def _earlier_attempt_seconds(store: Any, trial_id: str, attempt: int) -> dict[in
 def final_checkpoint(workdir: Path) -> str | None:
     """The trial's checkpoint worth keeping: the best weights of a retrain, else the last epoch's state
     (a local path: the trial's folder, or its scratch copy when the storage is an object store)."""
+    from trainers.checkpoints import list_epoch_checkpoints
+
     best = workdir / "best.pt"
     if best.is_file():
         return str(best)
