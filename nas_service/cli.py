@@ -2,7 +2,14 @@
 
 Each subcommand lives in its own module under :mod:`nas_service.commands` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` (taking the parsed args, returning an
-exit code). Modules are imported lazily by name so ``nas-service --help`` stays fast.
+exit code).
+
+A command module is light: at its top it imports only what its parser needs (the standard library and
+torch-free lists of names such as :mod:`search_spaces.names`); what does the work (pydantic specs, pandas
+results, torch, Ray) is imported inside the handler. So building every parser costs a few milliseconds,
+``nas-service --help`` answers at once, and a command pays for its own imports only: ``validate``,
+``plan``, ``status`` and ``schedule`` never import torch or Ray (``tests/test_cli_light.py``,
+``tests/test_import_layers.py``).
 """
 
 from __future__ import annotations

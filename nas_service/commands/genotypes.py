@@ -20,16 +20,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+# Torch-free: the parser's choices and help. The networks (torch) are imported when the command runs.
 from search_spaces.genotypes import GenotypeError, get_published, list_published
-from search_spaces.networks import (
-    MADDS_CONVENTIONS,
-    MaddsConvention,
-    build_network,
-    count_multiply_adds,
-    count_parameters,
-    get_network_kind,
-)
-from search_spaces.ops import list_op_sets
+from search_spaces.names import MADDS_CONVENTIONS, OP_NAMES, MaddsConvention
 
 # --dataset -> (network kind, classes). The kind carries the paper's C, cells, mid channels and input.
 _DATASETS = {"cifar10": ("cifar", 10), "imagenet": ("imagenet", 1000)}
@@ -72,7 +65,7 @@ def register(subparsers: Any) -> None:
                      help="number of cells (default: the dataset's)")  # fmt: skip
     net.add_argument("--mid-channels", dest="mid_channels", type=int, default=None,
                      help="middle width of the choke ops (default: the dataset's)")  # fmt: skip
-    net.add_argument("--ops", dest="ops", choices=list_op_sets(), default=None,
+    net.add_argument("--ops", dest="ops", choices=OP_NAMES.names(), default=None,
                      help="op set for every genotype (default: each one's published op set)")  # fmt: skip
     out = parser.add_argument_group("output")
     out.add_argument("--format", dest="format", choices=("table", "json"), default="table",
@@ -111,6 +104,8 @@ def collect_rows(
     Raises:
         UnknownNameError: an unknown genotype name (lists the published names).
     """
+    from search_spaces.networks import build_network, count_multiply_adds, count_parameters, get_network_kind
+
     kind_name, num_classes = _DATASETS[dataset]
     kind = get_network_kind(kind_name)
     rows = []
@@ -170,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--init-channels", args.init_channels), ("--layers", args.layers),
                         ("--mid-channels", args.mid_channels)):  # fmt: skip
         _positive(flag, value)
+    from search_spaces.networks import get_network_kind
+
     kind_name, num_classes = _DATASETS[args.dataset]
     kind = get_network_kind(kind_name)
     rows = collect_rows(

@@ -17,12 +17,10 @@ import argparse
 import io
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from trainers.checkpoints import atomic_write_bytes
-from trainers.schedules import build_schedule
+if TYPE_CHECKING:
+    import numpy as np
 
 # Defaults of the CIFAR search setting (spec section 5 table, train_search.py).
 _DEFAULTS = {"max_lr": 0.025, "min_lr": 1e-4, "power": 2.0, "warmup_epochs": 5}
@@ -104,8 +102,11 @@ def plot_schedule(values: np.ndarray, path: Path, *, title: str, log_y: bool = F
         FileNotFoundError: the folder of ``path`` does not exist.
         ValueError: matplotlib does not know the file suffix.
     """
+    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from trainers.checkpoints import atomic_write_bytes  # imports torch, which only --plot pays for
 
     path = Path(path)
     if not path.parent.is_dir():
@@ -132,6 +133,8 @@ def plot_schedule(values: np.ndarray, path: Path, *, title: str, log_y: bool = F
 
 def run(args: argparse.Namespace) -> int:
     """Prints the schedule (and writes the plot); returns the exit code."""
+    from trainers.schedules import build_schedule  # numpy: imported when the command runs, not for --help
+
     kwargs = schedule_kwargs(args)
     values = build_schedule(args.kind, args.epochs, **kwargs)
     written = None

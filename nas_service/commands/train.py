@@ -15,13 +15,11 @@ import json
 import sys
 from typing import Any
 
-import yaml
-
-from trainers.config import config_to_dict, get_recipe, list_recipes, with_overrides
-
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["data.batch_size=16", "weighting=max_w"]`` -> nested dict; values are parsed as YAML scalars."""
+    import yaml
+
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
@@ -61,6 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _recipes(args: argparse.Namespace) -> int:
+    # Imported in the handlers, not at the top: `nas-service --help` builds this module's parsers.
+    import yaml
+
+    from trainers.config import config_to_dict, get_recipe, list_recipes
+
     if args.show:
         print(yaml.safe_dump(config_to_dict(get_recipe(args.show)), sort_keys=False), end="")
         return 0
@@ -82,6 +85,7 @@ def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from trainers.checkpoints import atomic_write_text
+    from trainers.config import get_recipe, with_overrides
 
     config = with_overrides(get_recipe(args.recipe), parse_overrides(args.overrides))
     log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))

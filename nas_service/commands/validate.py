@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nas_service.planner import Plan, StagePlan, plan
-from nas_service.spec import ExperimentSpec, SpecError, load_spec
+if TYPE_CHECKING:
+    from nas_service.planner import Plan, StagePlan
+    from nas_service.spec import ExperimentSpec
 
 
 def register(subparsers: Any) -> None:
@@ -35,6 +36,10 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validates ``args.spec``; 0 when valid, 2 (with the problems on stderr) when not."""
+    # Imported here: `nas-service --help` builds this parser and needs none of pydantic or the stage kinds.
+    from nas_service.planner import plan
+    from nas_service.spec import SpecError, load_spec
+
     try:
         spec = load_spec(args.spec)
     except SpecError as err:
