@@ -2,13 +2,17 @@
 from the source (function-local imports included; ``if TYPE_CHECKING:`` blocks, which never run, excluded).
 
 Floors, lowest first: ``search_spaces`` < ``trainers`` < ``nas_service``; only ``nas_service.ray_runtime``
-imports Ray.
+imports Ray. The command line's parsers and the spec/plan path import neither torch nor Ray when loaded
+(imports inside functions run only when called; ``tests/test_cli_light.py`` runs the commands themselves).
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FLOORS = ["search_spaces", "trainers", "nas_service"]
@@ -26,8 +30,9 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module ``path`` imports (absolute names), wherever the import statement stands."""
+def _imports(path: Path, *, at_load: bool = False) -> set[str]:
+    """Every module ``path`` imports (absolute names), wherever the import statement stands; with
+    ``at_load``, only those imported when the module itself is (function bodies left out)."""
     module = _module_name(path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
@@ -36,6 +41,8 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.If) and _is_type_checking(node):
             for child in node.orelse:
                 visit(child)
+            return
+        if at_load and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             return
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
@@ -141,3 +148,51 @@ def test_a_circle_would_be_found() -> None:
     assert "nas_service.trials" in graph["nas_service.planner"]
     graph["nas_service.trials"] = graph["nas_service.trials"] | {"nas_service.planner"}
     assert any({"nas_service.planner", "nas_service.trials"} <= set(c) for c in _cycles(graph))
+
+
+def _loaded_with(start: str) -> set[str]:
+    """The top-level names of every package importing ``start`` loads: project modules followed through their
+    load-time imports (and their parent packages' ``__init__``), the rest as found."""
+    files = {_module_name(p): p for floor in FLOORS for p in (REPO / floor).rglob("*.py")}
+    seen: set[str] = set()
+    outside: set[str] = set()
+    todo = [start]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) in files]
+        for target in _imports(files[name], at_load=True):
+            if target in files:
+                todo.append(target)
+            elif target.split(".")[0] not in FLOORS:
+                outside.add(target.split(".")[0])
+    return outside
+
+
+def test_the_load_time_graph_leaves_function_bodies_out() -> None:
+    # nas_service.commands.experiment imports Ray's runtime only inside its handlers.
+    assert "ray" not in _loaded_with("nas_service.commands.experiment")
+    assert "torch" in _loaded_with("search_spaces.ops")
+
+
+# What building the parser of every command may load: `nas-service --help` stays in the standard library.
+COMMAND_MODULES = sorted(p.stem for p in (REPO / "nas_service" / "commands").glob("*.py") if p.stem != "__init__")
+
+
+def test_the_parsers_load_no_third_party_package() -> None:
+    stdlib = set(sys.stdlib_module_names)
+    heavy = {m: sorted(_loaded_with(f"nas_service.commands.{m}") - stdlib) for m in COMMAND_MODULES}
+    assert {m: h for m, h in heavy.items() if h} == {}
+    assert _loaded_with("nas_service.cli") <= stdlib
+
+
+@pytest.mark.parametrize("module", ["nas_service.planner", "nas_service.spec", "nas_service.results",
+                                    "nas_service.report", "nas_service.experiment_runner",
+                                    "search_spaces.genotypes", "search_spaces.paths", "search_spaces.spaces",
+                                    "search_spaces.names", "trainers.config", "trainers.dataset_shapes"])
+def test_the_spec_and_plan_path_loads_no_torch_and_no_ray(module: str) -> None:
+    # What validate, plan and status load; torch and Ray wait for a trial that runs.
+    assert _loaded_with(module) & {"torch", "ray"} == set()
