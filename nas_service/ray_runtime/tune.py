@@ -69,6 +69,9 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, num_gp
               dashboard: bool = False) -> dict:  # fmt: skip
     """Starts a local Ray bound to 127.0.0.1, or connects to ``address`` (as ``ray.init`` does).
 
+    Without ``address`` but with ``RAY_ADDRESS`` set (every Ray job's entrypoint has it), this connects there:
+    ``ray.init`` would connect anyway, and refuses ``num_cpus`` when it does.
+
     Args:
         dashboard: start the local instance's dashboard (on 127.0.0.1, any free port). Ray Train needs
             it: its placement-group cleaner asks the State API whether a run's controller still lives
@@ -80,6 +83,7 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, num_gp
     configure_environment()
     import ray
 
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=True, logging_level="WARNING")

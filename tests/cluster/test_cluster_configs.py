@@ -2,8 +2,11 @@
 
 No cloud and no Kubernetes here: the launcher config is checked against the JSON schema that ships with the
 installed Ray (and Ray's own validation after filling in its defaults); the manifests are checked for the
-properties docs/cluster.md promises: token auth from a Secret on every Ray container, the dashboard never
-behind a LoadBalancer/NodePort/Ingress, the same shared volume at the same path in every pod, GPU workers.
+properties docs/cluster.md promises: token auth from a Secret on every Ray container (and, for the RayJob, on
+the submitter and the KubeRay operator), the dashboard never behind a LoadBalancer/NodePort/Ingress, the same
+shared volume at the same path in every pod, GPU workers, data sets from $NAS_DATA_ROOT on that volume, and a
+RayJob whose entrypoint joins its own cluster and that is not retried on new clusters. The RayJob's entrypoint
+itself runs on a real local cluster in tests/hardening/test_rayjob_entrypoint.py.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "cluster" / "launcher" / "gpu-cluster.yaml"
+CLUSTER_QUICKSTART = ROOT / "cluster" / "launcher" / "cifar10_quickstart.yaml"
+EXAMPLE_QUICKSTART = ROOT / "examples" / "cifar10" / "quickstart.yaml"
 KUBERAY = ROOT / "cluster" / "kuberay"
 SHARED_PATH = "/mnt/shared"
 ALL_MANIFESTS = [pytest.param(n, id=n) for n in ("raycluster.yaml", "rayjob.yaml", "storage.yaml")]
-RAYJOB_ENTRYPOINT = "nas-service run examples/cifar10/quickstart.yaml --storage /mnt/shared/runs"
+RAY_MANIFESTS = [pytest.param(n, id=n) for n in ("raycluster.yaml", "rayjob.yaml")]
+SPEC_ENV = "NAS_SERVICE_SPEC"  # nas_service.commands.experiment.SPEC_ENV: `run env:NAS_SERVICE_SPEC`
 
 
 def _launcher() -> dict:
@@ -64,13 +70,50 @@ def _walk(node, path=()):
             yield from _walk(v, (*path, i))
 
 
-def _assert_token_env(env: list[dict], where: str) -> None:
+def _assert_token_env(env: list[dict], where: str) -> str:
+    """Checks RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from a Secret; returns the Secret's name."""
     by_name = {e["name"]: e for e in env or []}
     assert by_name.get("RAY_AUTH_MODE", {}).get("value") == "token", f"{where}: RAY_AUTH_MODE=token missing"
     token = by_name.get("RAY_AUTH_TOKEN", {})
     assert "value" not in token, f"{where}: the token must come from a Secret, not a literal"
     ref = token.get("valueFrom", {}).get("secretKeyRef", {})
     assert ref.get("name") and ref.get("key"), f"{where}: RAY_AUTH_TOKEN must use valueFrom.secretKeyRef"
+    return ref["name"]
+
+
+def _rayjob() -> dict:
+    return _one(_docs("rayjob.yaml"), "RayJob")["spec"]
+
+
+def _rayjob_spec_text() -> str:
+    """The experiment spec the RayJob runs: `run env:NAS_SERVICE_SPEC` reads it from the job's runtime env."""
+    runtime_env = yaml.safe_load(_rayjob().get("runtimeEnvYAML") or "{}")
+    return runtime_env.get("env_vars", {}).get(SPEC_ENV, "")
+
+
+def _without(node, keys: set[str]):
+    """A parsed YAML document without the mapping entries named ``keys``, at any depth."""
+    if isinstance(node, dict):
+        return {k: _without(v, keys) for k, v in node.items() if k not in keys}
+    if isinstance(node, list):
+        return [_without(v, keys) for v in node]
+    return node
+
+
+def _comment_commands(path: Path) -> list[str]:
+    """The shell commands of a file's header comment, continuation lines (``\\``) joined."""
+    commands, current = [], ""
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("#").strip()
+        current = f"{current} {text}".strip()
+        if current.endswith("\\"):
+            current = current[:-1]
+        else:
+            commands.append(current)
+            current = ""
+    return commands
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -231,7 +274,80 @@ def test_gpu_worker_group_and_gpu_free_head(name):
     assert gpus, f"{name}: no worker group asks for nvidia.com/gpu"
 
 
-def test_rayjob_runs_the_quickstart_on_shared_storage():
-    job = _one(_docs("rayjob.yaml"), "RayJob")["spec"]
-    assert shlex.split(job["entrypoint"]) == shlex.split(RAYJOB_ENTRYPOINT)
-    assert job["shutdownAfterJobFinishes"] is True
+def test_rayjob_entrypoint_joins_its_own_cluster():
+    # Without an address `nas-service run` inside the job took itself for a local Ray (issue 14, item 2).
+    args = shlex.split(_rayjob()["entrypoint"])
+    assert args[:3] == ["nas-service", "run", f"env:{SPEC_ENV}"], args
+    assert "--address" in args[:-1], f"the entrypoint names no address: {args}"
+    assert _rayjob_spec_text(), f"runtimeEnvYAML must carry the spec in env_vars.{SPEC_ENV}"
+
+
+def test_rayjob_operator_and_submitter_get_the_token_of_the_pods():
+    # The operator polls the job's status on the Jobs API: it sends a token only when authOptions asks for
+    # one, read from the Secret authOptions.secretName names (KubeRay >= 1.6), which must be the pods' Secret.
+    job = _rayjob()
+    auth = job["rayClusterSpec"].get("authOptions", {})
+    assert auth.get("mode") == "token", "rayClusterSpec.authOptions.mode: token, or the operator gets 401"
+    secrets = {_assert_token_env(c.get("env"), f"{group}:{c['name']}")
+               for group, pod in _pod_specs(job["rayClusterSpec"]) for c in pod["containers"]}  # fmt: skip
+    submitters = job["submitterPodTemplate"]["spec"]["containers"]
+    secrets |= {_assert_token_env(c.get("env"), "submitter") for c in submitters}
+    assert secrets == {auth.get("secretName")}, f"authOptions: {auth}; the pods' Secrets: {secrets}"
+    for c in (c for _, pod in _pod_specs(job["rayClusterSpec"]) for c in pod["containers"]):
+        ref = next(e for e in c["env"] if e["name"] == "RAY_AUTH_TOKEN")["valueFrom"]["secretKeyRef"]
+        assert ref["key"] == "auth_token", "KubeRay reads the token from the Secret's key auth_token"
+
+
+def test_rayjob_is_not_retried_on_new_clusters():
+    # Each KubeRay retry is a new GPU cluster; a failure of the whole job (spec, scheduling, code) repeats.
+    job = _rayjob()
+    assert job.get("backoffLimit", 0) == 0, f"backoffLimit {job.get('backoffLimit')}: a new cluster each"
+    assert job.get("submissionMode", "K8sJobMode") == "K8sJobMode"
+    assert job["shutdownAfterJobFinishes"] is True and job["ttlSecondsAfterFinished"] >= 0
+
+
+@pytest.mark.parametrize("name", [pytest.param("rayjob", id="rayjob.yaml"),
+                                  pytest.param("launcher", id="cifar10_quickstart.yaml")])  # fmt: skip
+def test_cluster_quickstart_reads_data_from_nas_data_root_and_writes_to_shared_storage(name):
+    # A `root: ~/data/...` resolves on the node that loads the spec, not where trials run; without a root
+    # every trial reads $NAS_DATA_ROOT/<data set> on its own node (trainers.datasets.data_root).
+    from nas_service.spec import load_spec
+
+    text = _rayjob_spec_text() if name == "rayjob" else CLUSTER_QUICKSTART.read_text()
+    assert text, f"{name}: no spec"
+    spec = yaml.safe_load(text)
+    roots = [".".join(map(str, path)) for path, _ in _walk(spec) if path and path[-1] == "root"]
+    assert not roots, f"{name}: data roots named in the spec ({roots}); leave them to $NAS_DATA_ROOT"
+    assert spec["storage"].startswith(SHARED_PATH + "/"), spec["storage"]
+    # The example's experiment otherwise, so the cluster runs what the docs describe.
+    example = yaml.safe_load(EXAMPLE_QUICKSTART.read_text())
+    assert _without(spec, {"root", "storage"}) == _without(example, {"root", "storage"})
+    assert load_spec(text).name == example["name"]
+
+
+@pytest.mark.parametrize("name", RAY_MANIFESTS)
+def test_every_ray_container_sets_nas_data_root_on_the_shared_volume(name):
+    for group, pod in _pod_specs(_ray_cluster_spec(name)):
+        for c in pod["containers"]:
+            env = {e["name"]: e.get("value") for e in c.get("env") or []}
+            assert (env.get("NAS_DATA_ROOT") or "").startswith(SHARED_PATH + "/"), f"{name}:{group}: {env}"
+
+
+def test_launcher_nodes_set_nas_data_root_on_the_shared_volume():
+    cfg = _launcher()
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = " ".join(c for c in cfg[key] if "ray start" in c)
+        assert re.search(rf"NAS_DATA_ROOT={SHARED_PATH}/\S+ .*ray start", start), f"{key}: {start}"
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.name)
+                                  for p in (LAUNCHER, KUBERAY / "raycluster.yaml", CLUSTER_QUICKSTART)])
+def test_documented_submit_commands_run_as_written(path):
+    # The header's `nas-service submit`: a multi-node cluster refuses local storage without --shared-storage,
+    # and the spec it names must leave data roots to $NAS_DATA_ROOT (checked above for cifar10_quickstart).
+    submits = [c for c in _comment_commands(path) if "nas-service submit" in c]
+    assert submits, f"{path.name}: no submit command in the header"
+    for command in submits:
+        args = shlex.split(command[command.index("nas-service submit"):])
+        assert "--shared-storage" in args, f"{path.name}: {command}"
+        assert (ROOT / args[2]).resolve() == CLUSTER_QUICKSTART, f"{path.name}: submits {args[2]}"
