@@ -5,12 +5,15 @@ step, images per second, the memory before the first step (torch, the model, the
 and the ratio of each configuration's time to ``darts`` (same weighting, memory format and variant), side
 by side in one run. Variants: activation checkpointing off/on, and the dilated depthwise convs computed
 as polyphase undilated convs (``search_spaces.ops.DepthwiseConv2d``) or by PyTorch's native kernel.
+Precisions (``--precisions``, fp32 and bf16 by default): the forward passes of both steps under
+``trainers.precision``'s autocast; the bf16 / fp32 ratios of time and peak memory close the table.
 
     .venv/bin/python benchmarks/search_step.py                      # CIFAR shape, C=16, 8 cells, batch 32
     .venv/bin/python benchmarks/search_step.py --C 8 --layers 5 --batch 16 --repeats 2
     .venv/bin/python benchmarks/search_step.py --spaces darts --memory-formats contiguous channels_last
     .venv/bin/python benchmarks/search_step.py --spaces darts --weightings scalar --checkpointing off on \
         --dilated-conv polyphase native
+    .venv/bin/python benchmarks/search_step.py --order 2 --precisions fp32      # the unrolled step
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def one_config(args: argparse.Namespace) -> dict:
     from trainers.architect import Architect
     from trainers.config import ArchOptimConfig, OptimConfig
     from trainers.engine import train_one_epoch
+    from trainers.precision import resolve_precision
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -43,7 +47,9 @@ def one_config(args: argparse.Namespace) -> dict:
             if isinstance(module, ops.DepthwiseConv2d):
                 module._polyphase = False
     sgd = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    architect = Architect(net, ArchOptimConfig(order=args.order), OptimConfig())
+    precision = resolve_precision(args.precision, torch.device("cpu"))
+    scaler = precision.grad_scaler()
+    architect = Architect(net, ArchOptimConfig(order=args.order), OptimConfig(), precision, scaler)
     x = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (args.batch,))
 
@@ -53,7 +59,8 @@ def one_config(args: argparse.Namespace) -> dict:
     def step() -> float:
         start = time.perf_counter()
         train_one_epoch(net, [(x, y)], sgd, epoch=1, device=torch.device("cpu"), memory_format=fmt,
-                        grad_clip=5.0, clip_parameters=net.weight_parameters(), before_step=arch_step)  # fmt: skip
+                        grad_clip=5.0, clip_parameters=net.weight_parameters(), before_step=arch_step,
+                        precision=precision, scaler=scaler)  # fmt: skip
         return time.perf_counter() - start
 
     base_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -71,6 +78,7 @@ def main() -> None:
     parser.add_argument("--checkpointing", nargs="+", default=["off"], choices=["off", "on"],
                         help="activation checkpointing of the supernet edges")
     parser.add_argument("--dilated-conv", nargs="+", default=["polyphase"], choices=["polyphase", "native"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--C", type=int, default=16)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--batch", type=int, default=32)
@@ -84,6 +92,7 @@ def main() -> None:
     parser.add_argument("--memory-format", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--dilated", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(one_config(args)))
@@ -95,34 +104,36 @@ def main() -> None:
         for checkpoint, dilated in variants:
             for weighting in args.weightings:
                 for space in args.spaces:
-                    cmd = [sys.executable, __file__, "--child", "--space", space, "--weighting", weighting,
-                           "--memory-format", fmt, "--C", str(args.C), "--layers", str(args.layers),
-                           "--batch", str(args.batch), "--size", str(args.size), "--order", str(args.order),
-                           "--repeats", str(args.repeats), "--threads", str(args.threads),
-                           "--checkpoint", checkpoint, "--dilated", dilated]  # fmt: skip
-                    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                    result = json.loads(out.strip().splitlines()[-1])
-                    variant = f"ckpt {checkpoint}, {dilated}"
-                    rows.append({"space": space, "weighting": weighting, "memory_format": fmt, "variant": variant,
-                                 **result})  # fmt: skip
-                    print(f"  measured {space} {weighting} {fmt} {variant}: {result['seconds']:.2f} s", file=sys.stderr)
+                    for precision in args.precisions:
+                        cmd = [sys.executable, __file__, "--child", "--space", space, "--weighting", weighting,
+                               "--memory-format", fmt, "--C", str(args.C), "--layers", str(args.layers),
+                               "--batch", str(args.batch), "--size", str(args.size), "--order", str(args.order),
+                               "--repeats", str(args.repeats), "--threads", str(args.threads),
+                               "--checkpoint", checkpoint, "--dilated", dilated, "--precision", precision]  # fmt: skip
+                        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                        result = json.loads(out.strip().splitlines()[-1])
+                        variant = f"ckpt {checkpoint}, {dilated}"
+                        rows.append({"space": space, "weighting": weighting, "memory_format": fmt,
+                                     "variant": variant, "precision": precision, **result})  # fmt: skip
+                        print(f"  measured {space} {weighting} {fmt} {variant} {precision}: {result['seconds']:.2f} s",
+                              file=sys.stderr)  # fmt: skip
 
     print(f"\none search step (arch + weights, order {args.order}), batch {args.batch}, "
           f"{args.size}x{args.size}, C={args.C}, {args.layers} cells, {args.threads} threads")  # fmt: skip
-    header = (f"{'space':<22}{'weighting':<10}{'format':<15}{'variant':<24}{'s/step':>9}{'img/s':>9}"
+    header = (f"{'space':<22}{'weighting':<10}{'format':<15}{'variant':<24}{'prec':<6}{'s/step':>9}{'img/s':>9}"
               f"{'base MiB':>10}{'peak MiB':>10}{'x darts':>9}")  # fmt: skip
     print(header)
     print("-" * len(header))
 
     def same(r: dict, **keys: str) -> dict | None:
-        want = {k: r[k] for k in ("space", "weighting", "memory_format", "variant")} | keys
+        want = {k: r[k] for k in ("space", "weighting", "memory_format", "variant", "precision")} | keys
         return next((o for o in rows if all(o[k] == v for k, v in want.items())), None)
 
     for row in rows:
         base = same(row, space="darts")
         ratio = row["seconds"] / base["seconds"] if base else float("nan")
         print(f"{row['space']:<22}{row['weighting']:<10}{row['memory_format']:<15}{row['variant']:<24}"
-              f"{row['seconds']:>9.3f}{args.batch / row['seconds']:>9.1f}{row['base_mib']:>10.0f}"
+              f"{row['precision']:<6}{row['seconds']:>9.3f}{args.batch / row['seconds']:>9.1f}{row['base_mib']:>10.0f}"
               f"{row['peak_mib']:>10.0f}{ratio:>9.2f}")  # fmt: skip
     if len(variants) > 1:
         first = f"ckpt {variants[0][0]}, {variants[0][1]}"
@@ -131,14 +142,25 @@ def main() -> None:
             ref = same(row, variant=first)
             if ref and row is not ref:
                 print(f"  {row['space']:<22}{row['weighting']:<10}{row['memory_format']:<15}{row['variant']:<24}"
-                      f"{row['seconds'] / ref['seconds']:.2f}  {row['peak_mib'] / ref['peak_mib']:.2f}")  # fmt: skip
+                      f"{row['precision']:<6}{row['seconds'] / ref['seconds']:.2f}  "
+                      f"{row['peak_mib'] / ref['peak_mib']:.2f}")  # fmt: skip
     if len(args.memory_formats) > 1:
         print("\nchannels_last / contiguous time ratio:")
         for r in rows:
             if r["memory_format"] == "channels_last":
                 c = same(r, memory_format="contiguous")
                 if c:
-                    print(f"  {r['space']:<22}{r['weighting']:<10}{r['variant']:<24}{r['seconds'] / c['seconds']:.2f}")
+                    print(f"  {r['space']:<22}{r['weighting']:<10}{r['variant']:<24}{r['precision']:<6}"
+                          f"{r['seconds'] / c['seconds']:.2f}")  # fmt: skip
+    if len(args.precisions) > 1:
+        first = args.precisions[0]
+        print(f"\neach precision against {first}: time ratio, peak-memory ratio")
+        for row in rows:
+            ref = same(row, precision=first)
+            if ref and row is not ref:
+                print(f"  {row['space']:<22}{row['weighting']:<10}{row['memory_format']:<15}{row['variant']:<24}"
+                      f"{row['precision']:<6}{row['seconds'] / ref['seconds']:.2f}  "
+                      f"{row['peak_mib'] / ref['peak_mib']:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -20,8 +20,16 @@ def test_search_step_benchmark_compares_the_variants():
     out = _run("search_step.py", "--C", "4", "--layers", "3", "--batch", "4", "--size", "8", "--repeats", "1",
                "--spaces", "darts", "--weightings", "scalar", "--checkpointing", "off", "on")  # fmt: skip
     rows = [line for line in out.splitlines() if line.startswith("darts ")]
-    assert len(rows) == 2 and all("ckpt" in row for row in rows)
+    assert len(rows) == 4 and all("ckpt" in row for row in rows)
+    assert {row.split()[6] for row in rows} == {"fp32", "bf16"}
     assert "each variant against 'ckpt off, polyphase'" in out
+    assert "each precision against fp32" in out
+
+
+def test_search_step_benchmark_runs_the_second_order_step():
+    out = _run("search_step.py", "--C", "4", "--layers", "3", "--batch", "4", "--size", "8", "--repeats", "1",
+               "--spaces", "darts", "sharper_darts", "--weightings", "max_w", "--order", "2")  # fmt: skip
+    assert "order 2" in out and len([line for line in out.splitlines() if " max_w " in line]) >= 4
 
 
 def test_dilated_conv_benchmark_prints_a_ratio_per_shape():

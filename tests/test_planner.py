@@ -145,6 +145,8 @@ def test_id_is_the_hash_of_stage_kind_and_config() -> None:
         payload["config"]["data"].pop(field)
     payload["config"].pop("activation_checkpointing")  # nor how memory is spent
     assert payload["config"]["data"].pop("random_shift") == 0  # a field added later, at its default
+    assert payload["config"].pop("precision") == "fp32"  # a field that replaced `amp`, spelt the old way
+    payload["config"]["amp"] = False
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     assert t.trial_id == hashlib.sha256(text.encode()).hexdigest()[:12] == trial_id_for(t.stage, t.kind, t.config)
 

@@ -6,11 +6,14 @@ network and the HyperCuboid), and for every named space and weighting.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from .config import ArchOptimConfig, OptimConfig
+from .precision import Precision
 
 __all__ = ["Architect", "unrolled_arch_gradients"]
 
@@ -22,12 +25,20 @@ class Architect:
         model: the supernet.
         config: Adam settings and the order (1: plain gradient of the validation loss; 2: unrolled).
         weight_optim: the weight optimizer's settings (the unrolled step imitates one SGD step).
+        precision: the forward passes run under its autocast, the losses in fp32 (None: fp32).
+        scaler: fp16's loss scaler (shared with the weight step, which alone updates its scale); a step
+            whose scaled gradients overflow is skipped, as the weight step's would be.
     """
 
-    def __init__(self, model: nn.Module, config: ArchOptimConfig, weight_optim: OptimConfig) -> None:
+    def __init__(self, model: nn.Module, config: ArchOptimConfig, weight_optim: OptimConfig,
+                 precision: Precision | None = None, scaler: torch.amp.GradScaler | None = None) -> None:  # fmt: skip
+        if scaler is not None and config.order == 2:
+            raise ValueError("precision: fp16 (a loss scaler) is not supported with arch.order 2; use bf16 or fp32")
         self.model = model
         self.config = config
         self.weight_optim = weight_optim
+        self.precision = precision
+        self.scaler = scaler
         self.criterion = nn.CrossEntropyLoss()
         self.optimizer = torch.optim.Adam(
             model.arch_parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
@@ -46,20 +57,33 @@ class Architect:
         """One Adam step on the architecture weights; returns the validation loss."""
         arch = self.model.arch_parameters()
         if self.config.order == 1:
-            loss = self.criterion(self.model(x_val), y_val)
+            with _autocast(self.precision):
+                logits = self.model(x_val)
+            loss = self.criterion(logits.float(), y_val)
             # Gradients for the architecture only: the conv weight-gradient kernels are skipped.
-            grads = torch.autograd.grad(loss, arch)
+            if self.scaler is None:
+                grads = torch.autograd.grad(loss, arch)
+            else:
+                scale = self.scaler.get_scale()
+                grads = [g / scale for g in torch.autograd.grad(loss * scale, arch)]
+                if not all(bool(torch.isfinite(g).all()) for g in grads):
+                    return float(loss.detach())  # overflowed: skip this step
         else:
             loss, grads = unrolled_arch_gradients(
                 self.model, x_train, y_train, x_val, y_val,
                 lr=lr, momentum=self.weight_optim.momentum, weight_decay=self.weight_optim.weight_decay,
                 momentum_buffers=_momentum_buffers(weight_optimizer, self.model.weight_parameters()),
+                precision=self.precision,
             )  # fmt: skip
         for p, g in zip(arch, grads):
             p.grad = g.detach()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
+
+
+def _autocast(precision: Precision | None) -> AbstractContextManager[None]:
+    return precision.autocast() if precision is not None else nullcontext()
 
 
 def _momentum_buffers(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> list[torch.Tensor | None]:
@@ -78,6 +102,7 @@ def unrolled_arch_gradients(
     weight_decay: float,
     momentum_buffers: list[torch.Tensor | None] | None = None,
     r: float = 0.01,
+    precision: Precision | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """DARTS's second-order architecture gradient (Liu et al., eq. 7-8).
 
@@ -85,7 +110,9 @@ def unrolled_arch_gradients(
     gradient is ``dL_val(w', a)/da - lr * H v`` with ``v = dL_val(w', a)/dw'`` and the Hessian-vector
     product ``H v = d^2 L_train / da dw . v`` approximated by central finite differences at
     ``w +- R v``, ``R = r / ||v||``. The model's own weights and BN statistics are left untouched
-    (forward passes run through :func:`torch.func.functional_call` on cloned buffers).
+    (forward passes run through :func:`torch.func.functional_call` on cloned buffers). Under a reduced
+    ``precision`` the four forward passes run under its autocast; the losses, the virtual step, the finite
+    difference and every gradient stay fp32.
 
     Returns:
         the validation loss at ``w'`` and the gradient for each architecture parameter.
@@ -102,7 +129,9 @@ def unrolled_arch_gradients(
         params = dict(zip(names, weight_values))
         params.update(dict(arch_named))
         buffers = {n: b.clone() for n, b in model.named_buffers()}
-        return criterion(functional_call(model, (params, buffers), (x,)), y)
+        with _autocast(precision):
+            logits = functional_call(model, (params, buffers), (x,))
+        return criterion(logits.float(), y)
 
     # One virtual SGD step on the training batch.
     train_grads = torch.autograd.grad(loss_at(weights, x_train, y_train), weights, allow_unused=True)

@@ -18,8 +18,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BeforeValidator, TypeAdapter, ValidationError
 from pydantic_core import SchemaValidator
 
+from search_spaces.names import WEIGHTING_NAMES as WEIGHTINGS  # the names only: no torch
 from search_spaces.registry import Registry
-from search_spaces.weighting import WEIGHTINGS
 
 from .schedules import ScheduleError, ScheduleSpec
 
@@ -57,6 +57,8 @@ class ConfigError(ValueError):
 # JSON and YAML give lists for tuples. The registry is the only list of weighting names.
 _FROM_LIST = BeforeValidator(lambda value: tuple(value) if isinstance(value, list) else value)
 _WeightingName = Literal[tuple(WEIGHTINGS.names())]  # type: ignore[valid-type]
+# The numeric precisions a run may ask for (trainers.precision resolves "auto" on the run's device).
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 ScheduleConfig = ScheduleSpec  # a config's schedule is the schedule module's description: one class
 
 
@@ -133,13 +135,19 @@ class _Common:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
-    amp: bool = False
+    # fp32, or autocast to bf16 / fp16 (trainers.precision); auto: bf16 where the device computes it natively.
+    precision: Literal[PRECISIONS] = "fp32"  # type: ignore[valid-type]
     max_steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "epochs", ">= 1", self.epochs)
         _check(self.memory_format in ("auto", "channels_last", "contiguous"), "memory_format",
                "one of auto, channels_last, contiguous", self.memory_format)  # fmt: skip
+        arch = getattr(self, "arch", None)
+        if arch is not None and arch.order == 2:
+            _check(self.precision != "fp16", "precision",
+                   "fp32, bf16 or auto with arch.order 2 (the finite-difference Hessian of the unrolled step "
+                   "needs more range than fp16 has)", self.precision)  # fmt: skip
         if self.schedule.kind == "cpa":
             _check(self.schedule.warmup_epochs < self.epochs, "schedule.warmup_epochs", "< epochs",
                    (self.schedule.warmup_epochs, self.epochs))  # fmt: skip
@@ -238,10 +246,16 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Builds the config of ``data["kind"]``; unknown fields and bad values raise ``ConfigError``."""
+    """Builds the config of ``data["kind"]``; unknown fields and bad values raise ``ConfigError``.
+
+    A config written before ``precision`` existed carries ``amp: false`` (fp32, what it computed) and is
+    read as ``precision: fp32``; ``amp: true`` meant fp16 autocast on CUDA.
+    """
     if not isinstance(data, dict) or data.get("kind") not in _KINDS:
         kind = data.get("kind") if isinstance(data, dict) else data
         raise ConfigError("kind", f"must be one of {sorted(_KINDS)}", kind)
+    if "amp" in data and "precision" not in data and isinstance(data["amp"], bool):
+        data = {k: v for k, v in data.items() if k != "amp"} | {"precision": "fp16" if data["amp"] else "fp32"}
     return _read(_KINDS[data["kind"]], data)  # type: ignore[return-value]
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .precision import Precision
+
 __all__ = [
     "DivergedError",
     "Hooks",
@@ -153,6 +155,7 @@ def train_one_epoch(
     before_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     max_steps: int | None = None,
     hooks: Hooks | None = None,
+    precision: Precision | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> EpochStats:
     """One pass of weight updates; the step every loop of the project uses.
@@ -167,7 +170,8 @@ def train_one_epoch(
         before_step: called as ``before_step(step, x, y)`` before each weight step; the bilevel search
             uses it for the architecture update on a validation batch.
         max_steps: stop after this many steps (tests and smoke runs).
-        scaler: a GradScaler for mixed precision on CUDA.
+        precision: the forward pass runs under its autocast (None: fp32); the loss is computed in fp32.
+        scaler: the loss scaler of fp16 (:meth:`Precision.grad_scaler`), None otherwise.
 
     Raises:
         DivergedError: on a NaN or infinite loss, naming the epoch and step.
@@ -178,7 +182,7 @@ def train_one_epoch(
     model.train()
     sums = torch.zeros(4, dtype=torch.float64)  # loss*n, top1, top5, n
     start = time.perf_counter()
-    amp = scaler is not None and device.type == "cuda"
+    precision = precision or Precision("fp32", device.type)
     for step, batch in enumerate(batches):
         if max_steps is not None and step >= max_steps:
             break
@@ -186,23 +190,23 @@ def train_one_epoch(
         if before_step is not None:
             before_step(step, x, y)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=amp):
+        with precision.autocast():
             logits, aux = _split_output(model(x))
-            loss = criterion(logits, y)
-            if aux is not None and aux_weight > 0:
-                loss = loss + aux_weight * criterion(aux, y)
+        loss = criterion(logits.float(), y)
+        if aux is not None and aux_weight > 0:
+            loss = loss + aux_weight * criterion(aux.float(), y)
         loss_value = float(loss.detach())
         worst = _worst_loss(loss_value, hooks)
         if not math.isfinite(worst):
             raise DivergedError(epoch=epoch, step=step, loss=worst)
-        if amp:
+        if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
         else:
             loss.backward()
         if grad_clip is not None:
             nn.utils.clip_grad_norm_(params, grad_clip)
-        if amp:
+        if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
@@ -247,10 +251,13 @@ def evaluate(
     max_steps: int | None = None,
     hooks: Hooks | None = None,
     epoch: int = 0,
+    precision: Precision | None = None,
 ) -> EpochStats:
-    """Loss, top-1 and top-5 accuracy of ``model`` in eval mode (summed across workers)."""
+    """Loss, top-1 and top-5 accuracy of ``model`` in eval mode (summed across workers); the forward pass
+    runs under ``precision``'s autocast, the loss in fp32."""
     hooks = hooks or Hooks()
     criterion = criterion or nn.CrossEntropyLoss()
+    precision = precision or Precision("fp32", device.type)
     was_training = model.training
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64)  # loss*n, top1, top5, n, non-finite batches
@@ -260,7 +267,8 @@ def evaluate(
         if max_steps is not None and step >= max_steps:
             break
         x, y = to_device(batch, device, memory_format)
-        logits, _ = _split_output(model(x))
+        with precision.autocast():
+            logits, _ = _split_output(model(x))
         loss = float(criterion(logits.float(), y))
         if not math.isfinite(loss):
             # Raised after the all-reduce below, so that every DDP worker raises, none waits.

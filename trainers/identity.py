@@ -10,7 +10,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["RESULT_NEUTRAL_FIELDS", "LATER_FIELDS", "without_result_neutral_fields", "without_later_defaults",
+__all__ = ["RESULT_NEUTRAL_FIELDS", "LATER_FIELDS", "REPLACED_FIELDS", "without_result_neutral_fields", "without_later_defaults",
            "same_computation"]  # fmt: skip
 
 # Fields that say where the data is or how a run spends memory, not what it computes: a run may resume
@@ -25,9 +25,16 @@ RESULT_NEUTRAL_FIELDS: tuple[tuple[str, ...], ...] = (
 # finished trials into new ones. A new field with such a default goes here.
 LATER_FIELDS: dict[tuple[str, ...], Any] = {("data", "random_shift"): 0}
 
+# Top-level fields that replaced an older one: ``new: (value, old, old value)``. At ``value`` the config
+# computes what the old field at ``old value`` computed, and its identity spells it the old way, so replacing
+# a field never turns finished trials into new ones. (``amp: false`` was fp32; ``amp: true``, fp16 autocast
+# on CUDA only, was never recorded in an example.)
+REPLACED_FIELDS: dict[str, tuple[Any, str, Any]] = {"precision": ("fp32", "amp", False)}
+
 
 def _without(config: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
-    """A deep copy of a config dict without ``paths``; a :data:`LATER_FIELDS` path only at its default."""
+    """A deep copy of a config dict without ``paths`` (a :data:`LATER_FIELDS` path only at its default), with
+    :data:`REPLACED_FIELDS` spelled the old way where they compute what the old field did."""
     out = copy.deepcopy(dict(config))
     for path in paths:
         node: Any = out
@@ -35,6 +42,10 @@ def _without(config: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> d
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and (path not in LATER_FIELDS or node.get(path[-1]) == LATER_FIELDS[path]):
             node.pop(path[-1], None)
+    for new, (value, old, old_value) in REPLACED_FIELDS.items():
+        if new in out and out[new] == value:
+            del out[new]
+            out[old] = old_value
     return out
 
 

@@ -54,6 +54,7 @@ def run_epochs(
     epoch_body: Callable[[int, float], dict[str, Any]],
     hooks: Hooks,
     on_epoch_end: Callable[[int, dict[str, Any], list[dict[str, Any]]], None] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> list[dict[str, Any]]:
     """Runs epochs ``last finished + 1 .. config.epochs`` and returns the whole per-epoch history.
 
@@ -65,6 +66,7 @@ def run_epochs(
         epoch_body: ``(epoch, lr) -> metrics`` for one epoch.
         on_epoch_end: called with (epoch, metrics, history) before the checkpoint is written, e.g. to
             save the best weights.
+        scaler: fp16's loss scaler: saved and restored with the optimizers, so a resume scales as before.
 
     Raises:
         ResumeMismatchError: the run folder holds checkpoints of a different configuration.
@@ -83,6 +85,8 @@ def run_epochs(
         model.load_state_dict(state["model"])
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
         history = json.loads(state["history"])
         start = int(state["epoch"])
@@ -108,6 +112,7 @@ def run_epochs(
                     "epoch": epoch,
                     "model": model.state_dict(),
                     "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+                    **({"scaler": scaler.state_dict()} if scaler is not None else {}),
                     "schedule": {"kind": config.schedule.kind, "values": lrs},
                     "rng": capture_rng_state(),
                     # JSON text: weights-only loading accepts it, and it keeps genotype dicts intact.

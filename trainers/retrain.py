@@ -25,6 +25,7 @@ from .config import RetrainConfig, config_to_dict
 from .data import DatasetInfo, get_dataset_info, load_data, load_test_set, make_loader
 from .engine import Hooks, apply_memory_format, evaluate, memory_format_for, resolve_device, train_one_epoch
 from .loop import run_epochs
+from .precision import resolve_precision
 
 __all__ = [
     "PROTOCOL_VALIDATION",
@@ -95,7 +96,8 @@ def run_retrain(
     trained = hooks.wrap_model(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.schedule.max_lr, momentum=config.optim.momentum,
                                 weight_decay=config.optim.weight_decay)  # fmt: skip
-    scaler = torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None
+    precision = resolve_precision(config.precision, device)
+    scaler = precision.grad_scaler()
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     eval_bs = config.data.eval_batch_size
     select_key = "test_top1" if config.select_on_test else "valid_top1"
@@ -123,18 +125,19 @@ def run_retrain(
         train = train_one_epoch(
             trained, batches, optimizer, epoch=epoch, device=device, memory_format=memory_format,
             criterion=criterion, grad_clip=config.optim.grad_clip, aux_weight=config.aux_weight if config.auxiliary else 0.0,
-            max_steps=config.max_steps_per_epoch, hooks=hooks, scaler=scaler,
+            max_steps=config.max_steps_per_epoch, hooks=hooks, precision=precision, scaler=scaler,
         )  # fmt: skip
         metrics: dict[str, Any] = {"train_loss": train.loss, "train_top1": train.top1}
         for split_name, dataset in (("valid", splits.valid), ("test", splits.test)):
             if dataset is not None:
                 stats = evaluate(model, loader(dataset), device=device, memory_format=memory_format,
-                                 hooks=hooks, epoch=epoch)  # fmt: skip
+                                 hooks=hooks, epoch=epoch, precision=precision)  # fmt: skip
                 metrics.update({f"{split_name}_loss": stats.loss, f"{split_name}_top1": stats.top1,
                                 f"{split_name}_top5": stats.top5})  # fmt: skip
         seconds = time.perf_counter() - start
         metrics.update(epoch_seconds=seconds, images_per_second=train.samples / seconds if seconds else 0.0,
-                       drop_path_prob=getattr(model, "drop_path_prob", 0.0))  # fmt: skip
+                       drop_path_prob=getattr(model, "drop_path_prob", 0.0),
+                       precision=precision.name)  # fmt: skip
         return metrics
 
     def keep_best(epoch: int, metrics: dict[str, Any], history: list[dict[str, Any]]) -> None:
@@ -152,7 +155,7 @@ def run_retrain(
 
     history = run_epochs(
         config=config, workdir=workdir, spec=spec, model=model, optimizers={"weights": optimizer},
-        lr_optimizer="weights", epoch_body=epoch_body, hooks=hooks, on_epoch_end=keep_best,
+        lr_optimizer="weights", epoch_body=epoch_body, hooks=hooks, on_epoch_end=keep_best, scaler=scaler,
     )  # fmt: skip
     return summarize_retrain(history, config, spec, params, madds)
 
@@ -194,8 +197,8 @@ def score_checkpoint(
 ) -> dict[str, Any]:
     """Scores a retrain checkpoint (e.g. ``best.pt``) on the test set of ``dataset`` (e.g. CIFAR-10.1).
 
-    The model is rebuilt from the checkpoint's spec; the data set must have the same input shape and
-    classes as the one the model was trained on.
+    The model is rebuilt from the checkpoint's spec and runs in the precision it was trained in; the data
+    set must have the same input shape and classes as the one the model was trained on.
     """
     device = resolve_device(device)
     state = load_checkpoint(checkpoint)
@@ -209,7 +212,10 @@ def score_checkpoint(
     model = build_model(spec).to(device)
     model.load_state_dict(state["model"])
     test = load_test_set(dataset, root=root)
-    stats = evaluate(model, make_loader(test, batch_size=batch_size, shuffle=False, seed=0, epoch=0), device=device)
+    # Scored in the precision it was trained in (a config from before ``precision`` existed was fp32).
+    precision = resolve_precision(state["config"].get("precision", "fp32"), device)
+    stats = evaluate(model, make_loader(test, batch_size=batch_size, shuffle=False, seed=0, epoch=0), device=device,
+                     precision=precision)  # fmt: skip
     protocol = PROTOCOL_PAPER if state["config"].get("select_on_test") else PROTOCOL_VALIDATION
     return {"dataset": dataset, "epoch": state["epoch"], "top1": stats.top1, "top5": stats.top5,
             "loss": stats.loss, "samples": stats.samples, "protocol": protocol}  # fmt: skip

@@ -24,6 +24,7 @@ from .config import CellSearchConfig, HyperCuboidSearchConfig, config_to_dict
 from .data import DataSplits, cycle_batches, load_data, make_loader
 from .engine import Hooks, apply_memory_format, evaluate, memory_format_for, resolve_device, to_device, train_one_epoch
 from .loop import run_epochs
+from .precision import resolve_precision
 from .metrics import normalized_entropy, op_count, parameter_free_share
 
 __all__ = ["run_cell_search", "run_hypercuboid_search", "describe_cell_search", "describe_hypercuboid"]
@@ -91,6 +92,8 @@ def _bilevel_search(
     hooks = hooks or Hooks()
     device = resolve_device(device)
     memory_format = memory_format_for(config.memory_format, device)
+    precision = resolve_precision(config.precision, device)
+    scaler = precision.grad_scaler()
     torch.manual_seed(config.seed)
     splits: DataSplits = load_data(config.data, purpose="search")
     subject: _Subject = subject_factory(splits)
@@ -99,7 +102,7 @@ def _bilevel_search(
         model.weight_parameters(), lr=config.schedule.max_lr,
         momentum=config.optim.momentum, weight_decay=config.optim.weight_decay,
     )  # fmt: skip
-    architect = Architect(model, config.arch, config.optim)
+    architect = Architect(model, config.arch, config.optim, precision, scaler)
     bs = config.data.batch_size
 
     def epoch_body(epoch: int, lr: float) -> dict[str, Any]:
@@ -118,13 +121,13 @@ def _bilevel_search(
         train = train_one_epoch(
             model, train_batches, weight_optimizer, epoch=epoch, device=device, memory_format=memory_format,
             grad_clip=config.optim.grad_clip, before_step=architecture_step,
-            max_steps=config.max_steps_per_epoch, hooks=hooks,
+            max_steps=config.max_steps_per_epoch, hooks=hooks, precision=precision, scaler=scaler,
         )  # fmt: skip
         valid = evaluate(
             model,
             make_loader(splits.valid, batch_size=config.data.eval_batch_size, shuffle=False, seed=0, epoch=0,
                         num_workers=config.data.num_workers),
-            device=device, memory_format=memory_format, hooks=hooks, epoch=epoch,
+            device=device, memory_format=memory_format, hooks=hooks, epoch=epoch, precision=precision,
         )  # fmt: skip
         seconds = time.perf_counter() - start
         return {
@@ -136,6 +139,7 @@ def _bilevel_search(
             "epoch_seconds": seconds,
             # Every training image is seen twice per step (weights) and once more for the architecture.
             "images_per_second": train.samples / seconds if seconds > 0 else 0.0,
+            "precision": precision.name,  # what "auto" became on this device
             **subject.describe(model),
         }
 
@@ -150,7 +154,7 @@ def _bilevel_search(
     history = run_epochs(
         config=config, workdir=workdir, spec=subject.spec, model=model,
         optimizers={"weights": weight_optimizer, "arch": architect.optimizer}, lr_optimizer="weights",
-        epoch_body=epoch_body, hooks=hooks, on_epoch_end=log_epoch,
+        epoch_body=epoch_body, hooks=hooks, on_epoch_end=log_epoch, scaler=scaler,
     )  # fmt: skip
     return summarize_search(history, config)
 

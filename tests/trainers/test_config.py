@@ -67,7 +67,7 @@ BASE = {"kind": "cell_search"}
     [
         pytest.param({"epochs": 30}, "epochs", 30, id="int"),
         pytest.param({"arch": {"lr": 1}}, "arch", 1.0, id="int-as-float"),
-        pytest.param({"amp": True}, "amp", True, id="bool"),
+        pytest.param({"activation_checkpointing": True}, "activation_checkpointing", True, id="bool"),
         pytest.param({"space": "darts"}, "space", "darts", id="str"),
         pytest.param({"arch": {"betas": [0.1, 0.2]}}, "arch", (0.1, 0.2), id="list-as-tuple"),
         pytest.param({"max_steps_per_epoch": None}, "max_steps_per_epoch", None, id="optional-none"),
@@ -92,7 +92,7 @@ def test_accepted_values(data, field, expected):
         pytest.param({"epochs": "3"}, "epochs", "must be an integer", "3", id="str-for-int"),
         pytest.param({"arch": {"lr": True}}, "arch.lr", "must be a number", True, id="bool-for-float"),
         pytest.param({"arch": {"lr": "0.1"}}, "arch.lr", "must be a number", "0.1", id="str-for-float"),
-        pytest.param({"amp": 1}, "amp", "must be true or false", 1, id="int-for-bool"),
+        pytest.param({"activation_checkpointing": 1}, "activation_checkpointing", "must be true or false", 1, id="int-for-bool"),
         pytest.param({"space": 5}, "space", "must be a string", 5, id="int-for-str"),
         pytest.param({"max_steps_per_epoch": "x"}, "max_steps_per_epoch", "must be int | None", "x", id="optional"),
         pytest.param({"arch": {"betas": "ab"}}, "arch.betas", "must be a list", "ab", id="str-for-tuple"),

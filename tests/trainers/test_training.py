@@ -88,11 +88,13 @@ def test_retrain_of_a_path_and_the_paper_protocol_label(tmp_path):
     assert summary["spec"]["model"] == "path"
 
 
-@pytest.mark.parametrize("kind", ["cell_search", "hypercuboid_search", "retrain"])
-def test_resume_continues_the_same_trajectory(kind, tmp_path):
+@pytest.mark.parametrize(("kind", "precision"), [
+    (kind, precision) for kind in ("cell_search", "hypercuboid_search", "retrain") for precision in ("fp32", "bf16")
+] + [("cell_search", "fp16"), ("retrain", "fp16")])  # fmt: skip
+def test_resume_continues_the_same_trajectory(kind, precision, tmp_path):
     recipe = {"cell_search": "digits_search", "hypercuboid_search": "digits_hypercuboid_search",
               "retrain": "digits_retrain"}[kind]  # fmt: skip
-    config = with_overrides(get_recipe(recipe), {"epochs": 3, "max_steps_per_epoch": 4})
+    config = with_overrides(get_recipe(recipe), {"epochs": 3, "max_steps_per_epoch": 4, "precision": precision})
     if kind == "cell_search":
         config = with_overrides(config, {"init_channels": 4, "space": "darts"})
     run = {"cell_search": run_cell_search, "hypercuboid_search": run_hypercuboid_search, "retrain": run_retrain}[kind]
@@ -107,6 +109,7 @@ def test_resume_continues_the_same_trajectory(kind, tmp_path):
     resumed = run(config, workdir=tmp_path / "resumed")
     assert resumed["finished"] and resumed["epochs_run"] == 3
     assert _without_timing(resumed["history"]) == _without_timing(straight["history"])
+    assert {h["precision"] for h in resumed["history"]} == {precision}
     # Only the last epochs' checkpoints are kept.
     assert [e for e, _ in list_epoch_checkpoints(tmp_path / "resumed" / "checkpoints")] == [2, 3]
 
