@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -203,7 +204,8 @@ def run_experiment(
             a = stage_plan.asha
             asha = {"metric": a.metric, "mode": a.mode, "grace_period": a.grace_period,
                     "reduction_factor": a.reduction_factor}  # fmt: skip
-        scheduling = stage_scheduling(spec, stage, resources, fixed=address is None)
+        # A local instance is fixed; a cluster (--address, or RAY_ADDRESS inside a Ray job) may grow nodes.
+        scheduling = stage_scheduling(spec, stage, resources, fixed=not (address or os.environ.get("RAY_ADDRESS")))
         if scheduling.note:
             out(f"[{stage.name}] {scheduling.note}")
         searching = stage_plan.state == "search"
