@@ -4,7 +4,7 @@ Both train ``digits_retrain`` (sized by the flags) for the same epochs. Prints, 
 the whole call (DDP includes Ray Train's start-up: workers, process group, checkpoints through storage),
 training seconds (sum of the epochs' own times) and training images per second, then the DDP / single
 ratios. The single process gets as many torch threads as DDP has workers x threads, so both use the same
-cores. Ray starts locally (bound to 127.0.0.1, its own temp folder) before timing starts.
+cores; a second single process with one worker's threads gives DDP's scaling (throughput of N workers over 1). Ray starts locally (bound to 127.0.0.1, its own temp folder) before timing starts.
 
     .venv/bin/python benchmarks/ddp_retrain.py                     # 2 workers, 3 epochs, C=16, 8 cells
     .venv/bin/python benchmarks/ddp_retrain.py --epochs 5 --init-channels 24 --workers 2
@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     cores = args.workers * args.threads_per_worker
     work = Path(tempfile.mkdtemp(prefix="nas-bench-ddp-"))
 
+    torch.set_num_threads(args.threads_per_worker)  # one worker's share: what DDP's scaling is measured against
+    started = time.perf_counter()
+    one_worker = run_retrain(config, workdir=work / "one", device="cpu", hooks=Hooks())
+    one_worker_wall = time.perf_counter() - started
+
     torch.set_num_threads(cores)
     started = time.perf_counter()
     single = run_retrain(config, workdir=work / "single", device="cpu", hooks=Hooks())
@@ -68,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
     images = sum(m["images_per_second"] * m["epoch_seconds"] for m in single["history"])
     rows = [
+        (f"single process, {args.threads_per_worker} threads", one_worker_wall, train_seconds(one_worker),
+         one_worker["history"][-1]),
         (f"single process, {cores} threads", single_wall, train_seconds(single), single["history"][-1]),
         (f"DDP, {args.workers} workers x {args.threads_per_worker} threads"
          + (", local BN" if args.no_sync_batchnorm else ""), ddp_wall, train_seconds(ddp),
@@ -79,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, wall, train, last in rows:
         print(f"{name:34} {wall:8.1f} {train:8.1f} {images / train:8.0f} {last['valid_top1']:10.4f}")
     print(f"ratio DDP / single: wall {ddp_wall / single_wall:.2f}x, training {train_seconds(ddp) / train_seconds(single):.2f}x")
+    print(f"throughput DDP {args.workers} workers / 1 worker ({args.threads_per_worker} thread(s) each): "
+          f"{train_seconds(one_worker) / train_seconds(ddp):.2f}x (training images per second)")
     return 0
 
 

@@ -43,3 +43,13 @@ def test_results_store_benchmark_times_each_command_on_both_stores():
     rows = {line.split()[0] for line in out.splitlines() if line.endswith("x")}
     assert {"plan", "status", "results", "report"} <= rows
     assert "large: 4 trials x 2 epochs written" in out and "2 Parquet files" in out
+
+
+def test_tune_overhead_benchmark_prints_the_ratio_and_where_the_time_goes():
+    out = _run("tune_overhead.py", "--trials", "2", "--epochs", "2")
+    assert "ratio service / plain:" in out and "start-up until the first epoch began" in out
+
+
+def test_ddp_benchmark_prints_its_scaling_over_one_worker():
+    out = _run("ddp_retrain.py", "--epochs", "2", "--init-channels", "4", "--layers", "3")
+    assert "ratio DDP / single:" in out and "throughput DDP 2 workers / 1 worker" in out
