@@ -26,13 +26,15 @@ Command line::
         --dashboard-port 8265 --state-dir /tmp/nas-cluster [--token]
     python cluster/local_cluster.py status --state-dir /tmp/nas-cluster
     python cluster/local_cluster.py kill-worker --state-dir /tmp/nas-cluster --index 0
+    python cluster/local_cluster.py remove-node --state-dir /tmp/nas-cluster --index 0
+    python cluster/local_cluster.py add-node --state-dir /tmp/nas-cluster [--cpus 2] [--resources '{"w": 1}']
     python cluster/local_cluster.py stop --state-dir /tmp/nas-cluster
 
 From Python (tests)::
 
     with LocalCluster(state_dir=tmp, workers=1, worker_resources={"worker_node": 1}) as c:
         c.address, c.dashboard_url, c.client_env()   # GCS host:port, http://127.0.0.1:PORT, auth env
-        c.kill_worker(0)
+        c.kill_worker(0); c.remove_node(0); c.add_node()   # lose a node, clean it up, add one back
 """
 
 from __future__ import annotations
@@ -62,9 +64,11 @@ __all__ = [
     "LocalClusterError",
     "cluster_processes",
     "cluster_status",
+    "add_node",
     "kill_worker",
     "load_state",
     "main",
+    "remove_node",
     "start_cluster",
     "stop_cluster",
 ]
@@ -84,6 +88,11 @@ MAX_TEMP_ROOT_LEN = 40
 RESERVED_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
 # `stop` asks the supervisor to tear down with SIGTERM, or with this signal to keep the temp dirs (logs).
 KEEP_TEMP_SIGNAL = signal.SIGUSR1
+# `add-node` / `remove-node` leave a request file in <state-dir>/requests/ and wait for the supervisor's reply
+# file beside it: only the supervisor holds the Cluster object (and is the parent of every node's processes).
+REQUESTS_DIR = "requests"
+REQUEST_POLL_S = 0.5
+MB = 1024 * 1024
 
 
 class LocalClusterError(RuntimeError):
@@ -448,7 +457,6 @@ def _supervise(config: LocalClusterConfig, temp_root: str, port_base: int, token
     from ray.cluster_utils import Cluster
 
     t0 = time.monotonic()
-    mb = 1024 * 1024
     cluster = Cluster(shutdown_at_exit=True)
     try:
         head_args = dict(
@@ -460,7 +468,7 @@ def _supervise(config: LocalClusterConfig, temp_root: str, port_base: int, token
             include_dashboard=True,
             dashboard_host=LOOPBACK,
             dashboard_port=config.dashboard_port,
-            object_store_memory=config.object_store_mb * mb,
+            object_store_memory=config.object_store_mb * MB,
             _system_config={
                 "health_check_period_ms": config.health_check_period_ms,
                 "health_check_failure_threshold": config.health_check_failure_threshold,
@@ -482,27 +490,16 @@ def _supervise(config: LocalClusterConfig, temp_root: str, port_base: int, token
             )
         state["dashboard_url"] = f"http://{LOOPBACK}:{config.dashboard_port}"
         state["nodes"].append(_node_record(head, "head", None, config.head_cpus, config.head_resources,
-                                           port_base, 0, head_args["temp_dir"]))  # fmt: skip
+                                           _node_ports(port_base, 0), head_args["temp_dir"]))  # fmt: skip
         state["head_started_s"] = round(time.monotonic() - t0, 2)
         _write_state(config.state_dir, state)
 
+        state["next_worker_index"] = 0
         for i in range(config.workers):
             if stop_requested.is_set():
                 break
-            args = dict(
-                num_cpus=config.worker_cpus,
-                resources=dict(config.worker_resources),
-                node_ip_address=LOOPBACK,
-                node_name=f"worker-{i}",
-                temp_dir=os.path.join(temp_root, f"worker{i}"),
-                object_store_memory=config.object_store_mb * mb,
-                **_node_ports(port_base, i + 1),
-            )
-            node = cluster.add_node(**args)
+            _start_worker(cluster, state, config, _node_ports(port_base, i + 1))
             install_handlers()
-            _own_address_file(cluster.address, args["temp_dir"])
-            state["nodes"].append(_node_record(node, "worker", i, config.worker_cpus, config.worker_resources,
-                                               port_base, i + 1, args["temp_dir"]))  # fmt: skip
             _write_state(config.state_dir, state)
         cluster.wait_for_nodes(timeout=config.start_timeout_s)
         state["started_s"] = round(time.monotonic() - t0, 2)
@@ -510,12 +507,16 @@ def _supervise(config: LocalClusterConfig, temp_root: str, port_base: int, token
         _write_state(config.state_dir, state)
         print(f"local cluster ready in {state['started_s']} s: {cluster.address}", flush=True)
 
-        while not stop_requested.wait(timeout=1.0):
+        while not stop_requested.wait(timeout=REQUEST_POLL_S):
             # Reap node processes that died (e.g. a raylet killed by `kill-worker`): they are our children.
             for node in cluster.list_all_nodes():
                 for infos in node.all_processes.values():
                     for info in infos:
                         info.process.poll()
+            # `add-node` / `remove-node` from other processes: only this process holds the Cluster object.
+            for path in _pending_requests(config.state_dir):
+                _answer_request(path, cluster, state, config)
+                install_handlers()  # a new node's Ray code installs its own SIGTERM handler
             if config.owner_pid is not None and not psutil.pid_exists(config.owner_pid):
                 print(f"owner process {config.owner_pid} is gone: stopping", flush=True)
                 break
@@ -538,18 +539,147 @@ def _supervise(config: LocalClusterConfig, temp_root: str, port_base: int, token
 
 
 def _node_record(node, role: str, index: int | None, cpus: float, resources: dict[str, float],
-                 port_base: int, slot: int, temp_dir: str) -> dict[str, Any]:  # fmt: skip
+                 ports: dict[str, int], temp_dir: str) -> dict[str, Any]:  # fmt: skip
     return {
         "role": role,
         "index": index,
+        "name": "head" if role == "head" else f"worker-{index}",
         "node_id": node.node_id,
         "num_cpus": cpus,
         "resources": dict(resources),
         "temp_dir": temp_dir,
         "raylet_pid": _raylet_pid(node),
         "processes": _record_processes(node),
-        **_node_ports(port_base, slot),
+        **ports,
     }
+
+
+def _start_worker(cluster, state: dict[str, Any], config: LocalClusterConfig, ports: dict[str, int], *,
+                  cpus: float | None = None, resources: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Start worker node ``worker-<next index>`` on 127.0.0.1 with ``ports``; record it in ``state``.
+
+    Indices are never reused (a removed ``worker-0`` stays ``DEAD`` in the GCS's node table under that name),
+    and each index has its own temp dir.
+    """
+    index = state["next_worker_index"]
+    state["next_worker_index"] = index + 1  # taken even if the start fails: its temp dir may hold logs
+    cpus = config.worker_cpus if cpus is None else cpus
+    resources = dict(config.worker_resources if resources is None else resources)
+    temp_dir = os.path.join(state["temp_root"], f"worker{index}")
+    before = set(cluster.worker_nodes)
+    try:
+        node = cluster.add_node(
+            num_cpus=cpus, resources=resources, node_ip_address=LOOPBACK, node_name=f"worker-{index}",
+            temp_dir=temp_dir, object_store_memory=config.object_store_mb * MB, **ports,
+        )  # fmt: skip
+    except BaseException:
+        for half_started in set(cluster.worker_nodes) - before:  # its processes, if any came up
+            cluster.remove_node(half_started, allow_graceful=False)
+        raise
+    _own_address_file(cluster.address, temp_dir)
+    record = _node_record(node, "worker", index, cpus, resources, ports, temp_dir)
+    state["nodes"].append(record)
+    return record
+
+
+def _recorded_worker(state: dict[str, Any], index: int) -> dict[str, Any]:
+    workers = [n for n in state["nodes"] if n["role"] == "worker"]
+    for n in workers:
+        if n["index"] == index:
+            return n
+    raise ClusterStateError(f"no worker node {index}: the cluster's worker nodes are "
+                            f"{[n['index'] for n in workers]}")  # fmt: skip
+
+
+def _add_node(cluster, state: dict[str, Any], config: LocalClusterConfig, request: dict[str, Any]
+              ) -> dict[str, Any]:  # fmt: skip
+    """The supervisor's side of ``add-node``: a new worker node in a free port block."""
+    cpus = request.get("cpus")
+    resources = request.get("resources")
+    if cpus is not None and cpus < 0:
+        raise ClusterStateError(f"`cpus >= 0` must hold, but got cpus={cpus}")
+    reserved = sorted(set(resources or {}) & RESERVED_RESOURCES)
+    if reserved:
+        raise ClusterStateError(f"resources cannot set Ray's built-in resources {reserved}: use cpus "
+                                f"(custom resources only), got {resources}")  # fmt: skip
+    # Not the blocks of recorded nodes, dead ones included (their ports may look free but are theirs).
+    taken = {p for n in state["nodes"] for p in range(n["dashboard_agent_listen_port"], n["max_worker_port"] + 1)}
+    ports = _node_ports(find_port_base(1, avoid=taken), 0)
+    return _start_worker(cluster, state, config, ports, cpus=cpus, resources=resources)
+
+
+def _remove_node(cluster, state: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """The supervisor's side of ``remove-node``: stop a worker node's processes (alive or already lost)."""
+    record = _recorded_worker(state, int(request["index"]))
+    node = next((n for n in cluster.worker_nodes if n.node_id == record["node_id"]), None)
+    if node is not None:
+        # Graceful: the raylet tells the GCS it is leaving, so the node is DEAD at once, not after the health
+        # checks (and as an expected termination). A raylet that `kill-worker` took is simply reaped.
+        cluster.remove_node(node, allow_graceful=True)
+    # The node's worker processes exit once their raylet is gone; kill whatever of it is left after that.
+    deadline = time.monotonic() + 3.0
+    while True:
+        left = _node_leftovers(record)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if left:
+        _kill_and_wait(left, timeout=5)
+    state["nodes"].remove(record)
+    state.setdefault("removed_nodes", []).append(
+        {k: record[k] for k in ("name", "index", "node_id", "num_cpus", "resources")})
+    return record
+
+
+def _node_leftovers(record: dict[str, Any]) -> list:
+    """Live processes of one node: those recorded at its start, and Ray processes naming its temp dir."""
+    import psutil
+
+    found = {}
+    for rec in record["processes"]:
+        p = _proc(rec["pid"], rec["create_time"])
+        if p is not None:
+            found[p.pid] = p
+    marker = record["temp_dir"].rstrip(os.sep) + os.sep
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmdline = p.info["cmdline"] or []
+            if p.pid not in found and _is_ray_process(cmdline) and any(marker in arg for arg in cmdline) \
+                    and p.status() != psutil.STATUS_ZOMBIE:  # fmt: skip
+                found[p.pid] = p
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return list(found.values())
+
+
+def _pending_requests(state_dir: str | os.PathLike) -> list[Path]:
+    """Request files not yet answered, oldest first (their names start with the time they were made)."""
+    return sorted((Path(state_dir) / REQUESTS_DIR).glob("*.request.json"))
+
+
+def _answer_request(path: Path, cluster, state: dict[str, Any], config: LocalClusterConfig) -> None:
+    """Carry out one request and write its reply file; the state file records the new node set."""
+    reply_path = path.with_name(path.name.replace(".request.json", ".reply.json"))
+    try:
+        request = json.loads(path.read_text())
+        op = request.get("op")
+        print(f"request {path.name}: {request}", flush=True)
+        if op == "add-node":
+            record = _add_node(cluster, state, config, request)
+        elif op == "remove-node":
+            record = _remove_node(cluster, state, request)
+        else:
+            raise ClusterStateError(f"unknown request {op!r}; known: ['add-node', 'remove-node']")
+        reply = {"ok": True, "node": {k: v for k, v in record.items() if k != "processes"}}
+    except Exception as e:  # the cluster keeps running; the requester gets the reason
+        known = isinstance(e, (ClusterStateError, LocalClusterError))
+        reply = {"ok": False, "error": str(e) if known else f"{type(e).__name__}: {e}"}
+        print(f"request {path.name} failed: {reply['error']}", file=sys.stderr, flush=True)
+    _write_state(config.state_dir, state)
+    tmp = reply_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(reply))
+    os.replace(tmp, reply_path)
+    path.unlink(missing_ok=True)
 
 
 def _teardown(cluster, state: dict[str, Any], config: LocalClusterConfig) -> None:
@@ -757,13 +887,6 @@ def stop_cluster(state_dir: str | os.PathLike, *, timeout_s: float = 60.0,
     }
 
 
-def _worker_node(state: dict[str, Any], index: int) -> dict[str, Any]:
-    workers = [n for n in state["nodes"] if n["role"] == "worker"]
-    if not 0 <= index < len(workers):
-        raise ClusterStateError(f"worker index must be in [0, {len(workers)}), got {index}")
-    return workers[index]
-
-
 def kill_worker(state_dir: str | os.PathLike, index: int = 0) -> int:
     """SIGKILL the raylet of worker node ``index`` (a lost node, for failure tests).
 
@@ -775,7 +898,7 @@ def kill_worker(state_dir: str | os.PathLike, index: int = 0) -> int:
     Raises:
         ClusterStateError: no such worker, or its raylet is not running.
     """
-    node = _worker_node(load_state(state_dir), index)
+    node = _recorded_worker(load_state(state_dir), index)
     rec = next(r for r in node["processes"] if r["pid"] == node["raylet_pid"])
     p = _proc(rec["pid"], rec["create_time"])
     if p is None:
@@ -793,25 +916,148 @@ def kill_worker(state_dir: str | os.PathLike, index: int = 0) -> int:
     return rec["pid"]
 
 
-def cluster_status(state_dir: str | os.PathLike) -> dict[str, Any]:
-    """Where the cluster of ``state_dir`` stands, from its processes (no Ray client needed).
+def _running_state(state_dir: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The state of a cluster whose supervisor runs and is ready; else ClusterStateError."""
+    state = load_state(state_dir)
+    running = _proc(state["supervisor_pid"], state.get("supervisor_create_time")) is not None
+    if not running or state["status"] != "ready":
+        shown = state["status"] if running or state["status"] in ("stopped", "failed") else "lost"
+        raise ClusterStateError(f"cannot {what}: the local cluster of {state_dir} is {shown}, not ready")
+    return state
+
+
+def _request(state_dir: str | os.PathLike, op: str, timeout_s: float, **args: Any) -> dict[str, Any]:
+    """Ask the supervisor to carry out ``op`` and wait for its reply (see :data:`REQUESTS_DIR`)."""
+    state = _running_state(state_dir, op)
+    folder = Path(state_dir) / REQUESTS_DIR
+    folder.mkdir(exist_ok=True)
+    name = f"{time.time_ns()}-{secrets.token_hex(4)}"
+    request, reply = folder / f"{name}.request.json", folder / f"{name}.reply.json"
+    tmp = folder / f"{name}.tmp"
+    tmp.write_text(json.dumps({"op": op, **args}))
+    os.replace(tmp, request)  # the supervisor never reads half a request
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if reply.exists():
+            answer = json.loads(reply.read_text())
+            reply.unlink(missing_ok=True)
+            if not answer["ok"]:
+                raise LocalClusterError(f"{op}: {answer['error']}")
+            return answer["node"]
+        if _proc(state["supervisor_pid"], state.get("supervisor_create_time")) is None:
+            request.unlink(missing_ok=True)
+            raise LocalClusterError(f"{op}: the supervisor (pid {state['supervisor_pid']}) exited; see "
+                                    f"{Path(state_dir) / SUPERVISOR_LOG}")  # fmt: skip
+        time.sleep(0.1)
+    taken = not request.exists()
+    request.unlink(missing_ok=True)
+    raise LocalClusterError(
+        f"{op}: no answer from the supervisor within {timeout_s:g} s"
+        + ("; it is still working on it (`status` shows the outcome)" if taken else "; the request is withdrawn")
+    )
+
+
+def add_node(state_dir: str | os.PathLike, *, cpus: float | None = None,
+             resources: dict[str, float] | None = None, timeout_s: float = 120.0) -> dict[str, Any]:  # fmt: skip
+    """Start one more worker node in the running cluster of ``state_dir`` (e.g. to replace a lost one).
+
+    Args:
+        cpus: its CPUs; None: ``worker_cpus`` of ``start``.
+        resources: its custom resources; None: ``worker_resources`` of ``start``.
+        timeout_s: how long to wait until the node is alive.
 
     Returns:
-        ``{"status", "supervisor_alive", "gcs_address", "dashboard_url", "auth_mode",
-        "nodes": [{"role", "index", "node_id", "raylet_alive", ...}], "processes": n}``.
+        The new node's record (``name``, ``index``, ``node_id``, ports, ``temp_dir``, ...). Its index is
+        new (``worker-<n>``): the indices of removed nodes are not reused.
+
+    Raises:
+        ClusterStateError: no running cluster in ``state_dir``, or a bad argument.
+        LocalClusterError: the node did not start.
+    """
+    return _request(state_dir, "add-node", timeout_s, cpus=cpus, resources=resources)
+
+
+def remove_node(state_dir: str | os.PathLike, index: int, *, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Stop worker node ``index`` of the running cluster of ``state_dir`` and forget it (alive or lost).
+
+    An alive node leaves gracefully (the GCS marks it dead at once); a node whose raylet ``kill-worker``
+    took is cleaned up (its leftover processes are killed). The head cannot be removed: use ``stop``.
+
+    Returns:
+        The removed node's record.
+    """
+    return _request(state_dir, "remove-node", timeout_s, index=index)
+
+
+def _gcs_nodes(state: dict[str, Any], timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """Every node of the GCS's node table, dead ones included (the State API, through the dashboard)."""
+    import urllib.request
+
+    headers = {}
+    if state.get("token_file"):
+        headers["Authorization"] = f"Bearer {Path(state['token_file']).read_text().strip()}"
+    url = f"{state['dashboard_url']}/api/v0/nodes?limit=10000&detail=true"
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s) as r:
+        return list(json.loads(r.read())["data"]["result"]["result"])
+
+
+def cluster_status(state_dir: str | os.PathLike, *, ask_gcs: bool = True) -> dict[str, Any]:
+    """Where the cluster of ``state_dir`` stands: its processes, and what the GCS says of its nodes.
+
+    A node is dead when its raylet process is gone (seen at once) or the GCS marked it ``DEAD`` (after its
+    health checks fail: ``health_check_period_ms`` x ``health_check_failure_threshold``); a ready cluster
+    with a dead node is ``degraded``. Nodes taken out with ``remove-node`` are not counted.
+
+    Args:
+        ask_gcs: also ask the GCS (through the dashboard's State API) which nodes are alive.
+
+    Returns:
+        ``{"status": "ready" | "degraded" | "starting" | "stopping" | "stopped" | "failed" | "lost",
+        "summary": one line, "alive_nodes": GCS count or None, "dead_nodes": [names], "supervisor_alive",
+        "gcs_address", "dashboard_url", "auth_mode", "nodes": [{"name", "role", "index", "node_id",
+        "raylet_alive", "gcs_state", ...}], "processes": n}``.
     """
     state = load_state(state_dir)
+    sup_alive = _proc(state["supervisor_pid"], state.get("supervisor_create_time")) is not None
+    status = state["status"] if sup_alive or state["status"] in ("stopped", "failed") else "lost"
+    gcs: dict[str, dict[str, Any]] | None = None
+    gcs_error = None
+    if ask_gcs and sup_alive and state.get("dashboard_url"):
+        try:
+            gcs = {n["node_id"]: n for n in _gcs_nodes(state)}
+        except Exception as e:  # the dashboard is slow or gone: the process view still stands
+            gcs_error = f"{type(e).__name__}: {e}"
     nodes = []
     for n in state["nodes"]:
         rec = next(r for r in n["processes"] if r["pid"] == n["raylet_pid"])
+        seen = (gcs or {}).get(n["node_id"], {})
         nodes.append({
+            "name": n.get("name") or ("head" if n["role"] == "head" else f"worker-{n['index']}"),
             "role": n["role"], "index": n["index"], "node_id": n["node_id"], "num_cpus": n["num_cpus"],
             "resources": n["resources"], "raylet_pid": n["raylet_pid"],
             "raylet_alive": _proc(rec["pid"], rec["create_time"]) is not None,
+            "gcs_state": seen.get("state"), "gcs_state_message": seen.get("state_message"),
         })  # fmt: skip
-    sup_alive = _proc(state["supervisor_pid"], state.get("supervisor_create_time")) is not None
+    dead = [n for n in nodes if not n["raylet_alive"] or n["gcs_state"] == "DEAD"] if sup_alive else []
+    alive = None if gcs is None else sum(1 for n in gcs.values() if n.get("state") == "ALIVE")
+    if status == "ready" and dead:
+        status = "degraded"
+    if dead:
+        why = [f"{n['name']} ({'raylet exited' if not n['raylet_alive'] else 'raylet running'}; GCS: "
+               f"{n['gcs_state'] or 'not asked'}{(', ' + n['gcs_state_message']) if n['gcs_state_message'] else ''})"
+               for n in dead]  # fmt: skip
+        summary = f"{status}: {len(nodes) - len(dead)} of {len(nodes)} nodes alive; dead: {'; '.join(why)}"
+    else:
+        summary = f"{status}: {len(nodes)} node(s)" + (", all alive" if sup_alive else "")
+    if alive is not None:
+        summary += f" (GCS: {alive} alive)"
+    elif gcs_error:
+        summary += f" (GCS not asked: {gcs_error})"
     return {
-        "status": state["status"] if sup_alive or state["status"] in ("stopped", "failed") else "lost",
+        "status": status,
+        "summary": summary,
+        "alive_nodes": alive,
+        "dead_nodes": [n["name"] for n in dead],
         "supervisor_alive": sup_alive,
         "gcs_address": state["gcs_address"],
         "dashboard_url": state["dashboard_url"],
@@ -928,6 +1174,21 @@ class LocalCluster:
         self._require()
         return kill_worker(self.config.state_dir, index)
 
+    def add_node(self, *, cpus: float | None = None, resources: dict[str, float] | None = None,
+                 timeout_s: float = 120.0) -> dict[str, Any]:  # fmt: skip
+        """Start one more worker node; returns its record. See :func:`add_node`."""
+        self._require()
+        record = add_node(self.config.state_dir, cpus=cpus, resources=resources, timeout_s=timeout_s)
+        self.state = load_state(self.config.state_dir)
+        return record
+
+    def remove_node(self, index: int, *, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Stop and forget worker node ``index`` (alive or lost); returns its record. See :func:`remove_node`."""
+        self._require()
+        record = remove_node(self.config.state_dir, index, timeout_s=timeout_s)
+        self.state = load_state(self.config.state_dir)
+        return record
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Command line
@@ -944,7 +1205,7 @@ def _resources(text: str) -> dict[str, float]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """The command-line parser (``start | status | kill-worker | stop``)."""
+    """The command-line parser (``start | status | add-node | remove-node | kill-worker | stop``)."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -995,6 +1256,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", dest="state_dir", required=True)
     p.add_argument("--index", type=int, default=0, help="which worker node")
 
+    p = sub.add_parser("add-node", help="start one more worker node (e.g. to replace a lost one)",
+                       formatter_class=fmt)  # fmt: skip
+    p.add_argument("--state-dir", dest="state_dir", required=True)
+    p.add_argument("--cpus", type=float, default=None, help="its CPUs (default: --worker-cpus of start)")
+    p.add_argument("--resources", type=_resources, default=None,
+                   help="its custom resources, JSON (default: --worker-resources of start)")  # fmt: skip
+    p.add_argument("--timeout", dest="timeout_s", type=float, default=120.0, help="seconds to wait")
+
+    p = sub.add_parser("remove-node", help="stop a worker node and forget it (alive, or lost to kill-worker)",
+                       formatter_class=fmt)  # fmt: skip
+    p.add_argument("--state-dir", dest="state_dir", required=True)
+    p.add_argument("--index", type=int, required=True, help="which worker node (worker-<index>)")
+    p.add_argument("--timeout", dest="timeout_s", type=float, default=60.0, help="seconds to wait")
+
     p = sub.add_parser("_supervise", help=argparse.SUPPRESS)
     p.add_argument("payload")
     return parser
@@ -1038,7 +1313,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"stopped in {out['stopped_s']} s (stragglers killed: {out['killed_stragglers']})")
         elif args.command == "status":
-            print(json.dumps(cluster_status(args.state_dir), indent=2))
+            status = cluster_status(args.state_dir)
+            print(json.dumps(status, indent=2))
+            print(status["summary"], file=sys.stderr)  # the one line a person reads
+        elif args.command == "add-node":
+            node = add_node(args.state_dir, cpus=args.cpus, resources=args.resources, timeout_s=args.timeout_s)
+            print(f"added worker node {node['index']} ({node['name']}, {node['num_cpus']:g} CPUs, "
+                  f"resources {node['resources']}, node id {node['node_id']})")  # fmt: skip
+        elif args.command == "remove-node":
+            node = remove_node(args.state_dir, args.index, timeout_s=args.timeout_s)
+            print(f"removed worker node {node['index']} ({node['name']}, node id {node['node_id']})")
         elif args.command == "kill-worker":
             pid = kill_worker(args.state_dir, args.index)
             print(f"killed the raylet of worker node {args.index} (pid {pid})")

@@ -153,6 +153,7 @@ def test_head_and_worker_node_are_alive(cluster):
     status = json.loads(out)
     assert status["status"] == "ready" and status["auth_mode"] == "token"
     assert [(n["role"], n["raylet_alive"]) for n in status["nodes"]] == [("head", True), ("worker", True)]
+    assert status["alive_nodes"] == 2 and status["dead_nodes"] == []  # the GCS's view (ray.nodes())
 
 
 def test_a_job_runs_on_the_worker_and_every_listening_port_is_loopback(cluster):
@@ -260,6 +261,8 @@ def test_kill_worker_marks_the_node_dead(cluster):
     assert _nodes(cluster)["head"]["state"] == "ALIVE"
     status = cluster.status()
     assert [n["raylet_alive"] for n in status["nodes"]] == [True, False]
+    # Not "ready" with a node gone (tests/hardening/test_local_cluster_nodes.py adds one back).
+    assert status["status"] == "degraded" and status["dead_nodes"] == ["worker-0"], status["summary"]
     with pytest.raises(lc.ClusterStateError, match="not running"):
         cluster.kill_worker(0)
 
