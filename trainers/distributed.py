@@ -1,12 +1,13 @@
 """Pure-torch pieces of data-parallel training: the per-worker share of a global batch, a loader sharded by
-rank, and batch norm synchronised over workers on CPU (gloo) or GPU. No Ray here: the Ray Train edge
-(``nas_service.ray_runtime.train``) plugs these into the training loop's hooks, and they are tested in
-one process.
+rank, batch norm synchronised over workers on CPU (gloo) or GPU, and the state each worker must resume with
+besides the shared checkpoint. No Ray here: the Ray Train edge (``nas_service.ray_runtime.train``) plugs
+these into the training loop's hooks, and they are tested in one process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,8 +15,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
+from .checkpoints import CheckpointError, capture_rng_state, load_checkpoint, save_checkpoint
+
 __all__ = ["DDPConfigError", "per_worker_batch_size", "ShardedBatchSampler", "shard_loader", "DistributedBatchNorm",
-           "convert_sync_batchnorm", "collective_device"]  # fmt: skip
+           "convert_sync_batchnorm", "collective_device", "capture_rank_state",
+           "adopt_rank_state"]  # fmt: skip
 
 
 class DDPConfigError(ValueError):
@@ -203,3 +207,51 @@ def convert_sync_batchnorm(module: nn.Module, *, device: torch.device) -> nn.Mod
 def collective_device(device: torch.device) -> torch.device:
     # NCCL reduces CUDA tensors only; gloo reduces CPU tensors.
     return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What each worker resumes with besides rank 0's checkpoint
+#
+# Rank 0 writes the epoch checkpoint, so it holds rank 0's RNG states and batch-norm buffers. Parameters
+# and optimizer state are the same on every rank (DDP averages the gradients), but these two are not:
+# - RNG: every rank seeds torch alike, yet the ranks draw different amounts (drop path draws one number per
+#   image of the worker's slice, and the last global batch of an epoch can split unevenly, e.g. 23 images as
+#   11 + 12), so from then on each rank has its own torch stream; numpy's and Python's were never shared.
+# - buffers: without synchronized batch norm each rank's running statistics follow its own slices (DDP
+#   broadcasts rank 0's before each training forward, so today they only feed that rank's evaluation; kept
+#   so that a rank's state is whole whatever the wrapper does).
+# A worker that resumed with rank 0's states would train on other drop-path masks than it would have.
+
+
+def capture_rank_state(model: nn.Module) -> dict[str, Any]:
+    """This worker's own resumable state: its RNG states and the buffers of the unwrapped ``model``.
+
+    Take it where the loop captures rank 0's RNG for the checkpoint (after the epoch, before any draw of
+    the next). Weights-only safe (see :func:`trainers.checkpoints.capture_rng_state`); buffers are copied to
+    the CPU, keyed as in ``model.state_dict()``.
+    """
+    params = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    buffers = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in params}
+    return {"rng": capture_rng_state(), "buffers": buffers}
+
+
+def adopt_rank_state(checkpoint: str | Path, state: Mapping[str, Any]) -> None:
+    """Rewrites this worker's private copy of an epoch checkpoint with its own RNG states and buffers.
+
+    The loop then resumes from the file as it always does, and this rank continues exactly where it was.
+    Parameters, optimizer state and history stay rank 0's (the same on every rank).
+
+    Args:
+        checkpoint: this worker's copy of the epoch file (never a shared one).
+        state: what :func:`capture_rank_state` returned on this rank at the end of that epoch.
+
+    Raises:
+        CheckpointError: ``state`` names a buffer the checkpoint's model does not have.
+    """
+    saved = load_checkpoint(checkpoint)
+    unknown = sorted(set(state["buffers"]) - set(saved["model"]))
+    if unknown:
+        raise CheckpointError(f"{checkpoint}: rank state has buffers the model does not: {unknown[:5]}")
+    saved["model"].update(state["buffers"])
+    saved["rng"] = state["rng"]
+    save_checkpoint(checkpoint, saved)

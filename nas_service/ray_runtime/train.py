@@ -7,23 +7,33 @@ its :class:`~trainers.engine.Hooks` change:
   ``ray.train.torch.prepare_model`` wraps the model in DDP. The loop keeps saving the unwrapped model.
 - ``wrap_loader``: :func:`trainers.distributed.shard_loader` gives each worker its slice of every *global* batch of the loader
   the loop built. The global batches are exactly the single-process ones (same ``(seed, epoch)`` order, same
-  generator draws), so with synchronized batch norm a DDP step is the single-process step of that batch.
+  generator draws), so with synchronized batch norm a DDP step is the single-process step of that batch
+  (drop path aside: each rank draws the masks of its own slice from its own torch RNG).
   ``ray.train.torch.prepare_data_loader`` is not used: its ``DistributedSampler`` shuffles with its own
   seed and gives every worker the *whole* batch size (the global batch would grow with the workers), and
   it pads the evaluation splits with repeated images.
 - ``all_reduce_sum``: ``torch.distributed.all_reduce``; ``is_writer``: rank 0.
-- ``report``: every rank calls ``ray.train.report`` (a barrier); rank 0 attaches the epoch checkpoint and
-  ``best.pt``. Rank 0 also sends each epoch's metrics to the driver over a Ray queue, so the caller's
-  ``report`` runs in the driver, once per epoch, while training goes on.
+- ``report``: every rank calls ``ray.train.report`` (a barrier); rank 0 attaches the epoch checkpoint,
+  ``best.pt`` and every rank's own states (see Resume). Rank 0 also sends each epoch's metrics to the driver
+  over a Ray queue, so the caller's ``report`` runs in the driver, once per epoch, while training goes on.
 
 Resume: Ray Train keeps the checkpoints under ``<storage_path>/<run_name>``. Every start of the worker
 group (a fresh ``fit`` with the same run name, or a restart after a lost worker) copies the latest one into
 an empty per-worker folder, and ``run_retrain``'s own resume logic continues from it, on every rank from
 the same epoch. A run whose final checkpoint is already in the caller's ``workdir`` is not started again.
+
+Resume is exact: a resumed run reports the metrics of the uninterrupted one. The epoch file is rank 0's, but
+each rank's RNG streams (and, without synchronized batch norm, its running statistics) are its own: the
+ranks draw drop-path masks for slices of different sizes once the last global batch splits unevenly. So
+every epoch's checkpoint also holds :data:`RANK_STATES_FILE`, every rank's
+:func:`~trainers.distributed.capture_rank_state` gathered by rank 0, and on resume each rank rewrites its
+private copy of the epoch file with its own (:func:`~trainers.distributed.adopt_rank_state`). A run resumed
+with another number of workers keeps rank 0's states on every rank (it cannot be exact: the slices differ).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -43,6 +53,8 @@ from torch import nn
 from trainers.checkpoints import copy_run_files, stage_run_files
 from trainers.distributed import (
     DDPConfigError,
+    adopt_rank_state,
+    capture_rank_state,
     collective_device,
     convert_sync_batchnorm,
     per_worker_batch_size,
@@ -52,6 +64,7 @@ from trainers.distributed import (
 from ..digests import digest
 
 __all__ = [
+    "RANK_STATES_FILE",
     "WORKER_FAULT_ENV",
     "DRIVER_CPU_SLIVER",
     "ddp_trial_resources",
@@ -64,6 +77,10 @@ __all__ = [
 # driver and handed to the workers, so it works whatever environment Ray started its workers with.
 WORKER_FAULT_ENV = "NAS_SERVICE_INJECT_WORKER_FAULT"
 
+
+# In every Ray Train checkpoint beside the epoch file: {"epoch", "world_size", "ranks": [capture_rank_state
+# of rank 0, rank 1, ...]}, weights-only safe.
+RANK_STATES_FILE = "rank_states.pt"
 
 # The CPU share of the process that drives a DDP run (a Tune trial waiting on its workers).
 DRIVER_CPU_SLIVER = 0.01
@@ -97,15 +114,33 @@ def ddp_trial_resources(workers: int, per_worker: dict[str, float]) -> tuple[dic
     return {"cpu": DRIVER_CPU_SLIVER}, worker
 
 
-def _restore_train_checkpoint(workdir: Path) -> int:
-    """Copies Ray Train's latest checkpoint into the (empty) worker folder; returns its epoch (0: none)."""
+def _restore_train_checkpoint(workdir: Path, *, rank: int, world: int) -> tuple[int, str | None]:
+    """Copies Ray Train's latest checkpoint into the (empty) worker folder, with this rank's own RNG states
+    and buffers (see the module's docstring).
+
+    Returns:
+        ``(epoch, why_not_exact)``: the checkpoint's epoch (0: none) and, when this rank could not get its
+        own states back, why (else None).
+    """
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return 0
+        return 0, None
     with checkpoint.as_directory() as folder:
-        return copy_run_files(folder, workdir)
+        epoch = copy_run_files(folder, workdir)
+        states_file = Path(folder) / RANK_STATES_FILE
+        if not epoch:
+            return 0, None
+        if not states_file.exists():  # written before the per-rank states existed
+            return epoch, f"the checkpoint of epoch {epoch} holds rank 0's RNG states only"
+        saved = torch.load(states_file, map_location="cpu", weights_only=True)
+    if saved["epoch"] != epoch:
+        return epoch, f"{RANK_STATES_FILE} is of epoch {saved['epoch']}, the checkpoint of epoch {epoch}"
+    if saved["world_size"] != world:
+        return epoch, f"it resumes with {world} workers, its checkpoint was written by {saved['world_size']}"
+    adopt_rank_state(workdir / "checkpoints" / f"epoch_{epoch:04d}.pt", saved["ranks"][rank])
+    return epoch, None
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -152,9 +187,13 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None
         # sliver came off it (see ddp_trial_resources).
         torch.set_num_threads(int(loop_config["threads"]))
     try:
-        start = _restore_train_checkpoint(workdir)
+        start, not_exact = _restore_train_checkpoint(workdir, rank=rank, world=world)
         if rank == 0:
             queue.put({"start": start, "node": ray.get_runtime_context().get_node_id()})
+            if not_exact:
+                queue.put({"log": f"[ddp] resuming from epoch {start} without every rank's own RNG states: "
+                                  f"{not_exact}; the run continues, not bit-exact"})  # fmt: skip
+        unwrapped: list[nn.Module] = []  # the model the loop checkpoints (set by wrap_model)
 
         def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
             reduced = tensor.to(reduce_device)
@@ -162,17 +201,30 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None
             return reduced.to(tensor.device)
 
         def wrap_model(model: nn.Module) -> nn.Module:
+            unwrapped.append(model)
             if loop_config["sync_batchnorm"]:
                 model = convert_sync_batchnorm(model, device=device)
             unused = bool(config.auxiliary) and config.aux_weight == 0  # the aux head would get no gradient
             return ray.train.torch.prepare_model(
                 model, parallel_strategy_kwargs={"find_unused_parameters": unused})  # fmt: skip
 
+        def gather_rank_states() -> list[dict[str, Any]] | None:
+            # Called right after rank 0 wrote the epoch checkpoint and captured its RNG: nothing drew since.
+            state = capture_rank_state(unwrapped[-1])
+            states: list[Any] | None = [None] * world if rank == 0 else None
+            # NCCL moves the pickled objects through the current CUDA device: make it this worker's.
+            with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+                dist.gather_object(state, states, dst=0)
+            return states
+
         def report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
             scalars = _scalar_metrics(metrics)
+            states = gather_rank_states()  # every rank writes one each epoch (run_epochs: rank 0 always)
             if rank == 0 and checkpoint is not None:
                 with tempfile.TemporaryDirectory(prefix="nas-ddp-ckpt-") as staging:
                     stage_run_files(checkpoint, workdir, staging)
+                    torch.save({"epoch": int(metrics["epoch"]), "world_size": world, "ranks": states},
+                               Path(staging) / RANK_STATES_FILE)  # fmt: skip
                     ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(staging))
             else:
                 ray.train.report(scalars, checkpoint=None)  # a barrier: every rank calls it
