@@ -38,35 +38,40 @@ def one_config(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
     net = build_search_network(args.space, C=args.C, layers=args.layers, weighting=args.weighting,
                                in_channels=3, num_classes=10,
-                               activation_checkpointing=args.checkpoint == "on").to(memory_format=fmt)  # fmt: skip
+                               activation_checkpointing=args.checkpoint == "on").to(device, memory_format=fmt)  # fmt: skip
     if args.dilated == "native":  # PyTorch's own dilated kernel, for comparison
         for module in net.modules():
             if isinstance(module, ops.DepthwiseConv2d):
                 module._polyphase = False
     sgd = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    precision = resolve_precision(args.precision, torch.device("cpu"))
+    precision = resolve_precision(args.precision, device)
     scaler = precision.grad_scaler()
     architect = Architect(net, ArchOptimConfig(order=args.order), OptimConfig(), precision, scaler)
-    x = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (args.batch,))
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (args.batch,), device=device)
 
     def arch_step(step, xb, yb):
         architect.step(xb, yb, x, y, lr=0.025, weight_optimizer=sgd)
 
     def step() -> float:
         start = time.perf_counter()
-        train_one_epoch(net, [(x, y)], sgd, epoch=1, device=torch.device("cpu"), memory_format=fmt,
+        train_one_epoch(net, [(x, y)], sgd, epoch=1, device=device, memory_format=fmt,
                         grad_clip=5.0, clip_parameters=net.weight_parameters(), before_step=arch_step,
                         precision=precision, scaler=scaler)  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - start
 
     base_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     step()  # warm-up (allocator, oneDNN kernels)
     times = sorted(step() for _ in range(args.repeats))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":  # the device's memory, not the host process's
+        base_mib, peak_mib = 0.0, torch.cuda.max_memory_allocated(device) / 2**20
     return {"seconds": times[len(times) // 2], "base_mib": base_mib, "peak_mib": peak_mib}
 
 
@@ -86,6 +91,7 @@ def main() -> None:
     parser.add_argument("--order", type=int, default=1, choices=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (peak memory is then the GPU's)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--space", help=argparse.SUPPRESS)
     parser.add_argument("--weighting", help=argparse.SUPPRESS)
@@ -109,7 +115,8 @@ def main() -> None:
                                "--memory-format", fmt, "--C", str(args.C), "--layers", str(args.layers),
                                "--batch", str(args.batch), "--size", str(args.size), "--order", str(args.order),
                                "--repeats", str(args.repeats), "--threads", str(args.threads),
-                               "--checkpoint", checkpoint, "--dilated", dilated, "--precision", precision]  # fmt: skip
+                               "--checkpoint", checkpoint, "--dilated", dilated, "--precision", precision,
+                               "--device", args.device]  # fmt: skip
                         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                         result = json.loads(out.strip().splitlines()[-1])
                         variant = f"ckpt {checkpoint}, {dilated}"
@@ -119,7 +126,7 @@ def main() -> None:
                               file=sys.stderr)  # fmt: skip
 
     print(f"\none search step (arch + weights, order {args.order}), batch {args.batch}, "
-          f"{args.size}x{args.size}, C={args.C}, {args.layers} cells, {args.threads} threads")  # fmt: skip
+          f"{args.size}x{args.size}, C={args.C}, {args.layers} cells, {args.threads} threads, {args.device}")  # fmt: skip
     header = (f"{'space':<22}{'weighting':<10}{'format':<15}{'variant':<24}{'prec':<6}{'s/step':>9}{'img/s':>9}"
               f"{'base MiB':>10}{'peak MiB':>10}{'x darts':>9}")  # fmt: skip
     print(header)

@@ -50,6 +50,27 @@ def test_tune_overhead_benchmark_prints_the_ratio_and_where_the_time_goes():
     assert "ratio service / plain:" in out and "start-up until the first epoch began" in out
 
 
+def test_retrain_step_benchmark_compares_precisions_and_formats():
+    out = _run("retrain_step.py", "--init-channels", "4", "--layers", "3", "--batch", "8", "--steps", "1",
+               "--repeats", "1", "--variants", "fp32:contiguous", "bf16:channels_last")  # fmt: skip
+    assert "fp32:contiguous" in out and "bf16:channels_last" in out and "x first" in out
+
+
 def test_ddp_benchmark_prints_its_scaling_over_one_worker():
     out = _run("ddp_retrain.py", "--epochs", "2", "--init-channels", "4", "--layers", "3")
     assert "ratio DDP / single:" in out and "throughput DDP 2 workers / 1 worker" in out
+
+
+def test_gpu_check_script_runs_end_to_end_on_the_cpu_at_toy_size():
+    """The GPU check's three parts, on the CPU at toy sizes (the device tool lends a GPU to some sessions only)."""
+    import os
+
+    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "REPEATS": "1",
+           "SEARCH_ARGS": "--C 4 --layers 3 --batch 4 --size 8 --spaces darts --weightings max_w",
+           "RETRAIN_ARGS": "--init-channels 4 --layers 3 --batch 8 --steps 1 --repeats 1",
+           "TRAIN_ARGS": "--set max_steps_per_epoch=2 --set init_channels=4"}  # fmt: skip
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "each precision against fp32" in done.stdout and "bf16:channels_last" in done.stdout
+    assert "[cell_search] epoch 1/1" in done.stdout and "one-epoch search:" in done.stdout
