@@ -81,6 +81,9 @@ def _submit(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if result.started:
         print(f"submitted {result.submission_id}: {entrypoint}")
+    elif result.raced:
+        print(f"{result.submission_id} of experiment {spec.name} was just submitted by another `submit` and is "
+              f"{result.status}; not starting another")  # fmt: skip
     else:
         print(f"{result.submission_id} of experiment {spec.name} is already {result.status}; not starting another")
     if not args.wait:
@@ -107,6 +110,9 @@ def _jobs(args: argparse.Namespace) -> int:
     if args.action == "status":
         info = client.get_job_info(args.job_id)
         print(f"{args.job_id}: {info.status.value} {info.message or ''}".rstrip())
+        from nas_service.ray_runtime.jobs import cluster_health_line
+
+        print(cluster_health_line(args.address, token=args.token))  # a RUNNING job may wait on a lost node
     elif args.action == "logs" and args.follow:
         from nas_service.ray_runtime.jobs import follow_job_logs
 

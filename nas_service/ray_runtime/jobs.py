@@ -3,7 +3,9 @@
 Ray refuses to reuse a submission id, even after the job ended, and never retries a job by itself. So an
 experiment's jobs are ``nas-<experiment>-<attempt>``: submitting while one of them is pending or running
 reports that job instead of starting a second writer; after it failed or was stopped, the next attempt's
-entry point is the same ``nas-service run``, which resumes the experiment.
+entry point is the same ``nas-service run``, which resumes the experiment. Two submissions at the same
+moment both pick the same next id, and Ray accepts exactly one of them (it adds a job's record only if its
+id is new, atomically): the other learns that the job exists and reports it, as for an active job.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JobInfo", "SubmitResult", "jobs_client", "cluster_nodes", "experiment_jobs", "submit_experiment",
-           "follow_job_logs", "job_runtime_env", "project_modules", "ACTIVE_STATES"]
+__all__ = ["JobInfo", "SubmitResult", "jobs_client", "cluster_nodes", "cluster_health", "cluster_health_line",
+           "experiment_jobs", "submit_experiment", "follow_job_logs", "job_runtime_env", "project_modules",
+           "ACTIVE_STATES"]
 
 ACTIVE_STATES = ("PENDING", "RUNNING")
 # What the job's working directory leaves behind: environments, results, VCS data.
@@ -47,6 +50,7 @@ class SubmitResult:
     submission_id: str
     started: bool  # False: a job of this experiment was already pending or running
     status: str
+    raced: bool = False  # not started because another submission took this id at the same moment
 
 
 def _token_headers(token: str | None) -> dict[str, str] | None:
@@ -69,15 +73,60 @@ def _prefix(experiment: str) -> str:
     return f"nas-{experiment}-"
 
 
-def cluster_nodes(address: str, *, token: str | None = None) -> list[dict[str, Any]]:
-    """The cluster's alive nodes (``node_id``, ``node_ip``, ``is_head_node``), from its State API."""
+def cluster_nodes(address: str, *, token: str | None = None, alive_only: bool = True) -> list[dict[str, Any]]:
+    """The cluster's nodes (``node_id``, ``node_ip``, ``node_name``, ``is_head_node``, ``state``,
+    ``state_message``, ``resources_total``, ...) from its State API: the alive ones, or every node the GCS
+    knows (``alive_only=False``: dead ones included)."""
     import json
     import urllib.request
 
-    url = f"{address.rstrip('/')}/api/v0/nodes?limit=10000&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
+    url = f"{address.rstrip('/')}/api/v0/nodes?limit=10000&detail=true"
+    if alive_only:
+        url += "&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
     request = urllib.request.Request(url, headers=_token_headers(token) or {})
     with urllib.request.urlopen(request, timeout=30) as response:
         return list(json.loads(response.read())["data"]["result"]["result"])
+
+
+# How the GCS words a node that left on purpose (scaled down, stopped): not a lost node.
+_EXPECTED_END = "Expected termination"
+
+
+def cluster_health(address: str, *, token: str | None = None) -> str:
+    """One line on the cluster's nodes: how many are alive with what resources, and each node it lost.
+
+    A lost node is one the GCS marked ``DEAD`` other than by an expected termination (e.g. "health check
+    failed due to missing too many heartbeats"); nodes that were scaled down or stopped are not reported.
+    The GCS keeps dead nodes in its table, so a lost node stays listed (with the time it was lost) after a
+    replacement joined.
+    """
+    import time as _time
+
+    nodes = cluster_nodes(address, token=token, alive_only=False)
+    alive = [n for n in nodes if n.get("state") == "ALIVE"]
+    lost = sorted((n for n in nodes if n.get("state") == "DEAD"
+                   and not str(n.get("state_message") or "").startswith(_EXPECTED_END)),
+                  key=lambda n: n.get("end_time_ms") or 0)  # fmt: skip
+    total = {k: sum(float((n.get("resources_total") or {}).get(k, 0)) for n in alive) for k in ("CPU", "GPU")}
+    line = f"cluster {address}: {len(alive)} node(s) alive ({total['CPU']:g} CPUs, {total['GPU']:g} GPUs)"
+    if not lost:
+        return line + ", none lost"
+    parts = []
+    for n in lost:
+        name = n.get("node_name") or str(n.get("node_id", "?"))[:12]
+        when = _time.strftime("%H:%M:%S", _time.localtime(n["end_time_ms"] / 1000)) if n.get("end_time_ms") else "?"
+        why = str(n.get("state_message") or "no reason given").removeprefix("Unexpected termination: ")
+        parts.append(f"{name} on {n.get('node_ip', '?')} at {when} ({why})")
+    return f"{line}; {len(lost)} DEAD: " + "; ".join(parts)
+
+
+def cluster_health_line(address: str, *, token: str | None = None) -> str:
+    """:func:`cluster_health`'s line, or why the cluster did not answer (for a status shown beside it)."""
+    try:
+        return cluster_health(address, token=token)
+    except Exception as err:  # noqa: BLE001 - the records shown with it stand without the cluster
+        first = (str(err).strip().splitlines() or [""])[0]
+        return f"cluster {address}: no answer from its State API ({type(err).__name__}: {first})"
 
 
 def experiment_jobs(client: Any, experiment: str) -> list[JobInfo]:
@@ -114,9 +163,23 @@ def submit_experiment(client: Any, *, experiment: str, entrypoint: str, working_
     attempt = int(jobs[-1].submission_id.rsplit("-", 1)[1]) + 1 if jobs else 1
     submission_id = f"{_prefix(experiment)}{attempt}"
     runtime_env = job_runtime_env(working_dir, env_vars)
-    client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env,
-                      metadata={"experiment": experiment, "attempt": str(attempt)})  # fmt: skip
+    try:
+        client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env,
+                          metadata={"experiment": experiment, "attempt": str(attempt)})  # fmt: skip
+    except RuntimeError as err:  # the Jobs client's error for any HTTP error (a duplicate id: 500)
+        status = _existing_status(client, submission_id) if "already exists" in str(err) else None
+        if status is None:
+            raise
+        return SubmitResult(submission_id, started=False, status=status, raced=True)
     return SubmitResult(submission_id, started=True, status="PENDING")
+
+
+def _existing_status(client: Any, submission_id: str) -> str | None:
+    """The status of job ``submission_id``, or None when the cluster has no such job."""
+    try:
+        return str(client.get_job_status(submission_id).value)
+    except RuntimeError:  # 404: no such job
+        return None
 
 
 def follow_job_logs(client: Any, submission_id: str, write: Callable[[str], None]) -> str:
