@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .search_health import trial_warning
 from .trials import Trial
 
 __all__ = ["StageProgress", "ProgressView", "format_duration", "uniform_epochs"]
@@ -101,7 +102,7 @@ class StageProgress:
         timed or when the epoch counts are unknown."""
         if not self.epoch_seconds or self.epochs_per_trial is None and any(r.epochs is None for r in self.running.values()):
             return None
-        per_trial = self.epochs_per_trial or max((r.epochs or 0) for r in self.running.values()) or 0
+        per_trial = self.epochs_per_trial or max((r.epochs or 0 for r in self.running.values()), default=0)
         remaining = sum(max(0, (r.epochs or per_trial) - r.epoch) for r in self.running.values()) + self.pending * per_trial
         lanes = max(1, min(self.concurrency, len(self.running) + self.pending))
         return remaining * statistics.median(self.epoch_seconds) / lanes
@@ -132,6 +133,7 @@ class ProgressView:
         self._live: Any = None
         self._last_line = 0.0
         self._last_text = ""
+        self._last_metrics: dict[str, dict[str, Any]] = {}
 
     def start(self, progress: StageProgress) -> None:
         self.progress = progress
@@ -163,8 +165,13 @@ class ProgressView:
             return
         if kind == "epoch":
             progress.epoch(trial, result or {})
+            self._last_metrics[trial.trial_id] = result or {}
         else:
             getattr(progress, kind)(trial)
+        if kind == "finished":
+            warning = trial_warning(trial.kind, self._last_metrics.pop(trial.trial_id, {}))
+            if warning:  # printed above a live table, so it stays on screen
+                self.out(f"[{trial.stage}] warning: {trial.trial_id} ({trial.arm.label}, seed {trial.seed}): {warning}")
         if self._live is not None:
             self._live.update(self._table())
             return

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from .search_health import health_warnings
 from .stage_kinds import STAGE_KINDS
 from .statistics import MIN_REPLICATES, compare, holm, main_effects, summarize
 
@@ -266,12 +267,15 @@ class ReportTables:
     arms: pd.DataFrame
     comparisons: pd.DataFrame
     main_effects: pd.DataFrame
+    warnings: tuple[str, ...] = ()  # searches that chose nothing (nas_service.search_health)
 
 
 def report_tables(trials: pd.DataFrame, baselines: Mapping[str, str] | None = None,
                   sweeps: Mapping[str, Mapping[str, list[Any]]] | None = None) -> ReportTables:  # fmt: skip
-    """:func:`arm_table`, :func:`comparison_table` and :func:`main_effect_table` of ``trials``."""
-    return ReportTables(arm_table(trials), comparison_table(trials, baselines or {}), main_effect_table(trials, sweeps))
+    """:func:`arm_table`, :func:`comparison_table`, :func:`main_effect_table` and the search-health warnings
+    of ``trials``."""
+    return ReportTables(arm_table(trials), comparison_table(trials, baselines or {}), main_effect_table(trials, sweeps),
+                        tuple(health_warnings(trials)))  # fmt: skip
 
 
 def report_sections(tables: ReportTables) -> list[tuple[str, int, str, pd.DataFrame]]:
@@ -307,13 +311,21 @@ def render_report(tables: ReportTables, fmt: str = "text") -> str:
     _check_format(fmt)
     if fmt == "json":
         return json.dumps({"arms": tables.arms.to_dict("records"), "comparisons": tables.comparisons.to_dict("records"),
-                           "main_effects": tables.main_effects.to_dict("records")}, indent=2)  # fmt: skip
+                           "main_effects": tables.main_effects.to_dict("records"), "warnings": list(tables.warnings)},
+                          indent=2)  # fmt: skip
     if fmt == "csv":
         return tables.arms.to_csv(index=False)
     sections = report_sections(tables)
     if not sections:
         return "no finished trials yet"
     parts = []
+    if tables.warnings:
+        if fmt == "markdown":
+            parts.append("## Warnings\n\n" + "\n".join(f"- {w}" for w in tables.warnings))
+        elif fmt == "latex":
+            parts.append("\n".join(f"% warning: {w}" for w in tables.warnings))
+        else:
+            parts.append("== warnings ==\n" + "\n".join(f"! {w}" for w in tables.warnings))
     for stage, level, heading, table in sections:
         first = level == 1
         if fmt == "markdown":

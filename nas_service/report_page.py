@@ -86,6 +86,7 @@ figure { margin: 1em 0 2em; } figure img { max-width: 100%; border: 1px solid #e
 figcaption { font-size: 0.85em; color: #555; }
 pre { background: #f8f9fa; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 .note { color: #555; font-size: 0.9em; }
+.warning { background: #fff4e5; border-left: 4px solid #e8590c; padding: 0.5em 1em; }
 </style></head>
 <body>
 <h1>{{ title }}</h1>
@@ -93,6 +94,9 @@ pre { background: #f8f9fa; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 An arm is a stage's configuration without the seed; a replicate is one independent run of it (the seed of
 the search its architecture came from, and its own seed). Intervals are 95% Student-t; arms with fewer than
 3 replicates are flagged n&lt;3 and get no spread or test.</p>
+{% if warnings %}<div class="warning"><h2>Warnings</h2><ul>
+{% for warning in warnings %}<li>{{ warning }}</li>{% endfor %}
+</ul></div>{% endif %}
 {% if not sections %}<p>No finished trials yet.</p>{% endif %}
 {% for section in sections %}
 {% if section.level == 1 %}<h2 id="{{ section.anchor }}">{{ section.heading }}</h2>{% else %}<h3>{{ section.heading }}</h3>{% endif %}
@@ -149,7 +153,8 @@ def html_page(data: ReportData, tables: ReportTables, figures: Sequence[ReportFi
     return _PAGE.render(
         title=title or "Report: " + ", ".join(r.rsplit("/", 1)[-1] for r in roots),
         written=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), versions=mine, roots=roots,
-        sections=sections, figure_sections=list(grouped.items()), records=list(data.records.items()),
+        sections=sections, warnings=list(tables.warnings), figure_sections=list(grouped.items()),
+        records=list(data.records.items()),
         version_rows=[(k, v or "-", _trial_versions(data.trials, k)) for k, v in mine.items()],
     )  # fmt: skip
 

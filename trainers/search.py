@@ -8,6 +8,7 @@ is read out each epoch (a genotype, or a HyperCuboid path).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,8 @@ def describe_hypercuboid(model: hypercuboid.HyperCuboidSupernet) -> dict[str, An
         "path_greedy_bottom_up": paths.greedy_path(weights, channels, direction="bottom_up", head_channels=head).to_dict(),
         "arch_entropy_groups_nats": [[float(v) for v in row] for row in entropies],
         "arch_entropy_mean_nats": float(entropies.mean()),
+        # The same, as a share of its maximum (each group's uniform entropy, ln of its size): 1.0 is uniform.
+        "arch_entropy_normalized": float(entropies.mean()) / math.log(weights[0, 0].numel()),
         # [stride, layer, C_in, C_out, op], each [stride, layer] group summing to 1: the path-weight heatmaps.
         "arch_weights": {"ops": list(paths.HYPERCUBOID_OPS), "channels": list(channels),
                          "weights": _rounded(weights)},

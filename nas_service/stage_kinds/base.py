@@ -44,6 +44,9 @@ class StageKind:
             row's architecture columns.
         upstream: ``upstream(trial_id, summary) -> UpstreamResult``: what a finished trial leaves for the
             stages that take ``from:`` it.
+        uniformity_metrics: per-epoch metrics that measure how close the architecture weights still are to
+            uniform (normalised entropies, 1.0 = uniform): a search that ends near 1.0 has not chosen
+            anything, and the report and ``run`` warn (:mod:`nas_service.search_health`).
     """
 
     name: str
@@ -61,6 +64,7 @@ class StageKind:
     headline_metric: str | None = None
     architecture: Callable[[Mapping[str, Any]], dict[str, Any]] = lambda summary: {}
     upstream: Callable[[str, Mapping[str, Any]], Any] | None = None
+    uniformity_metrics: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.run_trial is None) == (self.run_in_driver is None):

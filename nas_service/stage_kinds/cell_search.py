@@ -32,4 +32,5 @@ CELL_SEARCH = register_stage_kind(StageKind(
     recipe_kind="cell_search", produces=("genotype",), parses=("default", "no_hack"),
     run_trial=run_recipe_trial, epoch_metric="valid_acc", select_metric="best.valid_acc",
     architecture=lambda summary: {"genotype": summary["best_genotype"]}, upstream=_upstream,
+    uniformity_metrics=("arch_entropy_normal", "arch_entropy_reduce"),
 ))  # fmt: skip

@@ -30,4 +30,5 @@ HYPERCUBOID_SEARCH = register_stage_kind(StageKind(
     check=check_recipe_stage("hypercuboid_search"), recipe_kind="hypercuboid_search", produces=("path",),
     run_trial=run_recipe_trial, epoch_metric="valid_acc", select_metric="best.valid_acc",
     architecture=lambda summary: {"path": summary["best_path"]}, upstream=_upstream,
+    uniformity_metrics=("arch_entropy_normalized",),
 ))  # fmt: skip
