@@ -88,3 +88,33 @@ def test_architect_step_moves_only_the_architecture(order, space):
     assert loss > 0
     assert all(not torch.equal(a, b) for a, b in zip(arch, net.arch_parameters()))
     assert all(torch.equal(a, b) for a, b in zip(weights, net.weight_parameters()))
+
+
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("weighting", list_weightings())
+def test_an_architecture_step_moves_the_weights_down_the_validation_gradient(weighting, order):
+    """Adam's first step is ``-lr * g / |g|`` per coordinate (plus weight decay): the move must have a positive
+    dot product with the negative validation gradient, and repeated steps must lower the validation loss."""
+    torch.manual_seed(0)
+    net = SearchNetwork(
+        primitives=("none", "skip_connect", "sep_conv_3x3", "max_pool_3x3"), op_set="sharp",
+        C=2, layers=3, steps=1, multiplier=1, stem_multiplier=1, in_channels=1, num_classes=3, weighting=weighting,
+    ).double()  # three cells: a normal and both reductions, so every architecture weight is used
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(8, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (8,), generator=g)
+    weights = torch.optim.SGD(net.weight_parameters(), lr=0.0)  # lr 0: the unrolled step is the plain gradient
+    architect = Architect(net, ArchOptimConfig(lr=0.05, order=order, weight_decay=0.0), OptimConfig())
+
+    def val_loss() -> torch.Tensor:
+        return nn.functional.cross_entropy(net(x), y)
+
+    net.eval()  # batch statistics of the same batch each time: a deterministic objective
+    grad = torch.autograd.grad(val_loss(), net.arch_parameters())
+    before = [a.detach().clone() for a in net.arch_parameters()]
+    start = float(val_loss().detach())
+    architect.step(x, y, x, y, lr=0.0, weight_optimizer=weights)
+    moved = sum(float(((a.detach() - b) * -gr).sum()) for a, b, gr in zip(net.arch_parameters(), before, grad))
+    assert moved > 0
+    for _ in range(9):
+        architect.step(x, y, x, y, lr=0.0, weight_optimizer=weights)
+    assert float(val_loss()) < start
