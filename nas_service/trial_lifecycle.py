@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,13 +22,18 @@ from .results import ResultsStore
 from .stage_kinds import STAGE_KINDS
 from .trials import Trial
 
-__all__ = ["TrialEdge", "run_trial", "summary_row", "record_stopped_early", "FAULT_INJECTION_ENV", "DONE_STATUSES"]
+__all__ = ["TrialEdge", "run_trial", "summary_row", "record_stopped_early", "record_failed_attempt",
+           "failed_attempts", "FAULT_INJECTION_ENV", "DONE_STATUSES"]  # fmt: skip
 
 # A trial with one of these statuses is never run again.
 DONE_STATUSES = ("finished", "diverged")
 
-# Test instrumentation: JSON {"trial_id": ..., "epoch": N, "marker": FILE}. The named trial raises once,
-# right after reporting epoch N (the marker file records that it did), so tests can check retries.
+# Test instrumentation: JSON {"trial_id": ..., "epoch": N, "marker": FILE, "kind": ...}. Once, right after
+# reporting epoch N (the marker file records that it did), the named trial fails, so tests can check retries.
+# kind "raise" (the default): it raises. "memory": it allocates and touches memory in 64 MiB chunks until Ray's
+# memory monitor kills its worker; past "cap_mib" (default 4096), or when the machine has less than
+# "floor_mib" (default 2048) available, it frees it and SIGKILLs itself instead (the marker says which).
+# "sigkill": it SIGKILLs its own process (a worker lost without a word).
 FAULT_INJECTION_ENV = "NAS_SERVICE_INJECT_FAULT"
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
@@ -91,6 +97,9 @@ def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> No
                              cpu=time.process_time() - cpu_started, gpu=edge.gpus_held(trial) * wall)  # fmt: skip
         values["checkpoint"] = final_checkpoint(workdir)
         values["extra"]["attempt_wall_seconds"] = json.dumps([round(x, 3) for x in per_attempt])
+        failures = failed_attempts(store, trial.trial_id)
+        if failures:  # the errored rows they wrote are superseded by this one (and compacted away)
+            values["extra"]["failed_attempts"] = json.dumps(failures)
         return values
 
     try:
@@ -110,6 +119,45 @@ def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> No
     store.compact_trial(trial.trial_id)
     if not summary.get("history") or summary.get("epochs_run") == 0:
         edge.report({"done": 1}, None, workdir)
+
+
+def record_failed_attempt(store: Any, trial: Trial, cause: str) -> int | None:
+    """Writes the trial row of an attempt that failed: status ``errored``, ``error`` its cause (one line).
+
+    The driver calls it when the scheduler reports the failure, before any retry starts. The failed attempt
+    is the latest one that wrote an epoch row (0 if none did: one that failed before its first epoch may
+    thus be recorded under its predecessor's number). A retry's row (a later attempt, or the same one
+    written later) supersedes this one, so every row of the trial carries every failure so far in
+    ``extra.failed_attempts`` (JSON ``[{"attempt", "error"}, ...]``): the trial's final row keeps them.
+
+    Returns:
+        The attempt recorded; None when the trial is already done for good (its row is left alone).
+    """
+    previous = store.trials(trial_ids=[trial.trial_id])
+    if not previous.empty and previous["status"].iloc[0] in DONE_STATUSES:
+        return None
+    raw = store.read_table("epochs", trial_ids=[trial.trial_id])
+    frame = raw.to_pandas() if raw.num_rows else None
+    attempt = int(frame["attempt"].max()) if frame is not None else 0
+    seconds = 0.0
+    if frame is not None and "epoch_seconds" in frame:
+        seconds = float(frame.loc[frame["attempt"] == attempt, "epoch_seconds"].sum())
+    failures = [*failed_attempts(store, trial.trial_id), {"attempt": attempt, "error": cause}]
+    row = summary_row(trial, None, status="errored", error=cause, wall=seconds, cpu=0.0)
+    row["cpu_seconds"] = None  # not measured: the process that spent it is gone
+    row["extra"]["failed_attempts"] = json.dumps(failures)
+    store.write_trial(trial.trial_id, attempt, row)
+    return attempt
+
+
+def failed_attempts(store: Any, trial_id: str) -> list[dict[str, Any]]:
+    """The failed attempts of a trial recorded so far (``[{"attempt", "error"}, ...]``, oldest first)."""
+    raw = store.read_table("trials", trial_ids=[trial_id])
+    if raw.num_rows == 0 or "extra.failed_attempts" not in raw.column_names:
+        return []
+    frame = raw.select(["attempt", "finished_at", "extra.failed_attempts"]).to_pandas()
+    frame = frame.dropna(subset=["extra.failed_attempts"]).sort_values(["attempt", "finished_at"])
+    return list(json.loads(frame["extra.failed_attempts"].iloc[-1])) if not frame.empty else []
 
 
 def _earlier_attempt_seconds(store: Any, trial_id: str, attempt: int) -> dict[int, float]:
@@ -155,9 +203,37 @@ def _maybe_inject_fault(trial_id: str, epoch: int) -> None:
         return
     fault = json.loads(raw)
     marker = Path(fault["marker"])
-    if fault["trial_id"] == trial_id and fault["epoch"] == epoch and not marker.exists():
-        marker.write_text(f"injected after epoch {epoch}\n")
+    if fault["trial_id"] != trial_id or fault["epoch"] != epoch or marker.exists():
+        return
+    kind = fault.get("kind", "raise")
+    marker.write_text(f"injected after epoch {epoch}: {kind}\n")
+    if kind == "raise":
         raise RuntimeError(f"injected fault in trial {trial_id} after epoch {epoch} ({FAULT_INJECTION_ENV})")
+    if kind == "memory":
+        hog: list[bytes] = []
+        for _ in range(int(fault.get("cap_mib", 4096)) // 64):
+            if _available_mib() < int(fault.get("floor_mib", 2048)):  # never starve the machine
+                break
+            hog.append(b"\x01" * (64 << 20))  # written, so resident: the memory monitor sees it
+            time.sleep(0.05)  # a few of its checks per chunk
+        hog.clear()
+        with marker.open("a") as f:
+            f.write("cap reached before the memory monitor acted: SIGKILL instead\n")
+    elif kind != "sigkill":
+        raise ValueError(f"{FAULT_INJECTION_ENV}: kind must be raise, memory or sigkill, got {kind!r}")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _available_mib() -> float:
+    """The machine's available memory (Linux ``MemAvailable``); infinite where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return math.inf
 
 
 def _is_number(value: Any) -> bool:
