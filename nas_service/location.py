@@ -14,11 +14,36 @@ storage string.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["is_uri", "is_remote", "resolve_storage", "ExperimentLocation"]
+__all__ = ["NAME_RE", "NAME_RULE", "name_problem", "folder_problem", "is_uri", "is_remote", "resolve_storage",
+           "ExperimentLocation"]  # fmt: skip
+
+# Experiment names, stage names and trial ids become folder names (<storage>/<experiment>/, tune/<stage>-<h>/,
+# results/.../trial=<id>/): a safe alphabet, never hidden ('.', '_': readers skip such names), never '..'.
+# The one rule: the spec's names (nas_service.spec_models.Name) and the results store both check it.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+NAME_RULE = (f"must match the pattern {NAME_RE.pattern}: it names a folder, so it starts with a letter or digit "
+             f"(a leading '.' or '_' hides it from readers; '..' climbs out) and holds only letters, digits, '_', "
+             f"'.' and '-', at most 200")  # fmt: skip
+
+
+def name_problem(value: object) -> str | None:
+    """Why ``value`` cannot be an experiment name, stage name or trial id (:data:`NAME_RULE`); None if fine."""
+    return None if isinstance(value, str) and NAME_RE.match(value) else NAME_RULE
+
+
+def folder_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why the local ``path`` cannot be (or become) a folder: it, or the nearest existing path above it, is
+    not a folder. None when it is a folder or can be made one (``mkdir -p``)."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return None if folder.is_dir() else f"{str(folder)!r} is a file, not a folder"
+    return None
 
 
 def is_uri(text: str) -> bool:
@@ -84,22 +109,6 @@ class ExperimentLocation:
     @property
     def ddp(self) -> str:
         return self.under("ddp")
-
-    def check_local(self) -> None:
-        """Refuses, before anything starts, a local storage path that is (or lies under) a file.
-
-        Raises:
-            ValueError: naming the file.
-        """
-        base = self.local_base
-        if base is None:
-            return
-        for folder in (base / self.name, *(base / self.name).parents):
-            if folder.exists():
-                if not folder.is_dir():
-                    raise ValueError(f"storage: {str(folder)!r} is a file, not a folder; the experiment's "
-                                     f"results go under <storage>/{self.name}/ (got storage {self.storage!r})")  # fmt: skip
-                return
 
     def trial_workdir(self, trial_id: str) -> Path:
         """A trial's own folder on local storage; scratch space in the temp dir for remote storage."""

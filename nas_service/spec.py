@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,8 @@ from .spec_models import (  # noqa: F401  (Resources, SpecError, stage_base_conf
 )  # fmt: skip
 from .stage_kinds import STAGE_KINDS
 
-__all__ = ["ExperimentSpec", "Stage", "SpecError", "load_spec", "check_spec", "stage_base_config", "schema_text",
-           "write_schema", "SCHEMA_PATH"]  # fmt: skip
+__all__ = ["ExperimentSpec", "Stage", "SpecError", "load_spec", "load_yaml", "check_spec", "storage_issue",
+           "stage_base_config", "schema_text", "write_schema", "SCHEMA_PATH"]  # fmt: skip
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "experiment.schema.json"
 
@@ -202,17 +203,101 @@ def load_spec(
     """
     text, origin = _read_source(source)
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        problem = Issue("<yaml>", f"does not parse: {err}".replace("\n", " "), "the text")
-        raise SpecError([problem], origin) from None
+        data = load_yaml(text)
+    except SpecError as err:
+        raise SpecError(err.issues, origin) from None
     if not isinstance(data, dict):
         raise SpecError([Issue("<spec>", "must be a mapping with name, stages, ...", show(data))], origin)
     folder = Path(base_dir) if base_dir is not None else (Path(origin).parent if origin else Path.cwd())
     try:
-        return ExperimentSpec.model_validate(data, context={"base_dir": str(folder.absolute())})
+        spec = ExperimentSpec.model_validate(data, context={"base_dir": str(folder.absolute())})
     except ValidationError as err:
         raise SpecError(issues_from_validation(err), origin) from None
+    storage_problem = storage_issue(spec)
+    if storage_problem is not None:
+        raise SpecError([storage_problem], origin)
+    return spec
+
+
+def storage_issue(spec: ExperimentSpec) -> Issue | None:
+    """A local storage that cannot hold the experiment's folder (it, or a path above it, is a file):
+    `validate`, `plan` and `run` refuse it before anything starts, not a trial once Ray runs."""
+    from .location import folder_problem
+
+    base = spec.location.local_base
+    problem = None if base is None else folder_problem(base / spec.name)
+    if problem is None:
+        return None
+    rule = f"must be a folder (or a path one can be made at): {problem}; the results go under <storage>/{spec.name}/"
+    return Issue("storage", rule, show(spec.storage))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# YAML: the one reader of spec text (files, `run env:VAR`, `train --set` values)
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no Python objects), reading numbers in scientific notation as numbers."""
+
+
+# PyYAML follows YAML 1.1, which reads a float only with a dot and a signed exponent (1.0e-3): 1e-3, 1E5 and
+# 2.5e3 were text, refused as "must be a number". YAML 1.2 and JSON read them as numbers, and so do we.
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as plain data, safely, with two changes from ``yaml.safe_load``: numbers in scientific
+    notation (``1e-3``) are numbers, and a key written twice in one mapping is refused (YAML would keep the
+    last silently, so an edit above a forgotten line would do nothing).
+
+    Raises:
+        SpecError: the text does not parse, or repeats a key (each repeat: its spec path and both lines).
+    """
+    loader = _SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        repeated = _repeated_keys(loader, node, "", set()) if node is not None else []
+        if repeated:
+            raise SpecError(repeated)
+        return loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as err:
+        raise SpecError([Issue("<yaml>", f"does not parse: {err}".replace("\n", " "), "the text")]) from None
+    finally:
+        loader.dispose()
+
+
+def _repeated_keys(loader: yaml.SafeLoader, node: yaml.Node, path: str, seen: set[int]) -> list[Issue]:
+    """The keys written twice in a mapping anywhere under ``node`` (whose spec path is ``path``)."""
+    if id(node) in seen:  # an alias of a node already walked
+        return []
+    seen.add(id(node))
+    issues: list[Issue] = []
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            issues += _repeated_keys(loader, item, f"{path}[{i}]", seen)
+    elif isinstance(node, yaml.MappingNode):
+        lines: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: its keys may be overridden
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            at, line = (f"{path}.{key}" if path else str(key)), key_node.start_mark.line + 1
+            try:
+                first = lines.get(key)
+            except TypeError:  # an unhashable key: construction refuses it with its own message
+                continue
+            if first is None:
+                lines[key] = line
+            else:
+                rule = (f"is written twice (lines {first} and {line}); YAML would keep only the last: "
+                        f"write it once")  # fmt: skip
+                issues.append(Issue(at, rule, show(key)))
+            issues += _repeated_keys(loader, value_node, at, seen)
+    return issues
 
 
 def _read_source(source: str | os.PathLike[str]) -> tuple[str, str | None]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -31,9 +32,9 @@ from pydantic_core import PydanticCustomError
 
 from search_spaces.genotypes import Genotype, GenotypeError, list_published
 from search_spaces.paths import HYPERCUBOID_OPS, HyperCuboidPath, PathError, list_published_paths
-from trainers.config import ConfigError, TrainConfig, get_recipe, list_recipes, with_overrides
+from trainers.config import ConfigError, TrainConfig, config_to_dict, get_recipe, list_recipes, with_overrides
 
-from .location import is_uri
+from .location import NAME_RE, is_uri, name_problem
 
 if TYPE_CHECKING:
     from .spec import ExperimentSpec
@@ -50,12 +51,49 @@ _RESERVED_FIELDS = {
     "genotype": "the stage's genotypes: / from:",
     "path": "the stage's paths: / candidates: / from:",
 }
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
-
 StrictInt = Annotated[int, Strict()]
 StrictFloat = Annotated[float, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(ge=1)]
-Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
+
+
+def _folder_name(value: str) -> str:
+    problem = name_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+# Experiment and stage names name folders: the one rule of names (nas_service.location), which the results store
+# checks too, so `validate`, `plan` and `run` accept and refuse the same names.
+Name = Annotated[str, Field(json_schema_extra={"pattern": NAME_RE.pattern}), AfterValidator(_folder_name)]
+
+
+def _in_range(high: int, shown: str, why: str) -> AfterValidator:
+    """An integer in ``[0, high]``, refused with a message that says why (pydantic's ``le`` would not)."""
+
+    def check(value: int) -> int:
+        if not 0 <= value <= high:
+            raise ValueError(f"must be in [0, {shown}] ({why})")
+        return value
+
+    return AfterValidator(check)
+
+
+# A trial's seed seeds torch (torch.manual_seed takes up to 2**64 - 1) and the results store keeps it as a
+# non-negative 64-bit integer; trainers.config refuses a config's seed outside the same range. The data order and
+# augmentation seeds are hashed from it (trainers.data.seed_for), so they take any of these.
+SEED_MAX = 2**63 - 1
+Seed = Annotated[
+    int, Strict(), Field(json_schema_extra={"minimum": 0, "maximum": SEED_MAX}),
+    _in_range(SEED_MAX, "2**63 - 1", "torch seeds from it and the results store keeps it as a non-negative 64-bit "
+                                     "integer"),
+]  # fmt: skip
+# Optuna's samplers seed numpy's RandomState with it, which takes 0..2**32 - 1.
+OPTUNA_SEED_MAX = 2**32 - 1
+OptunaSeed = Annotated[
+    int, Strict(), Field(json_schema_extra={"minimum": 0, "maximum": OPTUNA_SEED_MAX}),
+    _in_range(OPTUNA_SEED_MAX, "2**32 - 1", "Optuna seeds numpy's RandomState with it, which takes 32 bits"),
+]  # fmt: skip
 
 # ---------------------------------------------------------------------------------------------------------
 # Errors
@@ -84,6 +122,9 @@ class SpecError(ValueError):
         self.issues = list(issues)
         self.source = source
         where = f" {source}" if source else ""
+        if len(self.issues) == 1:  # one problem, one line (the CLI prints errors as one line)
+            super().__init__(f"invalid experiment spec{where}: {self.issues[0]}")
+            return
         lines = "\n".join(f"  {issue}" for issue in self.issues)
         super().__init__(f"invalid experiment spec{where} ({len(self.issues)} problem(s)):\n{lines}")
 
@@ -245,14 +286,14 @@ class RandomPaths(SpecModel):
     """``N`` uniformly random paths on the grid stage's ``channels`` x ``layers``, drawn from ``seed``."""
 
     random: PositiveInt = Field(description="how many random paths")
-    seed: StrictInt = Field(0, description="the draw's seed: the same seed gives the same paths")
+    seed: Seed = Field(0, description="the draw's seed: the same seed gives the same paths")
 
 
 class OptunaSpec(SpecModel):
     """An Optuna search over the grid stage's HyperCuboid grid: stem width, and width and op per stage."""
 
     trials: PositiveInt
-    seed: StrictInt = 0
+    seed: OptunaSeed = 0
 
 
 class AshaSpec(SpecModel):
@@ -279,13 +320,6 @@ def unique(values: list[Any]) -> list[Any]:
 class StageBase(SpecModel):
     name: Name = Field(description="unique within the experiment; names the stage's folder")
 
-    @field_validator("name")
-    @classmethod
-    def _not_dots(cls, v: str) -> str:
-        if v in (".", ".."):
-            raise ValueError("must not be '.' or '..' (it names a folder)")
-        return v
-
 
 class TrainStageBase(StageBase):
     recipe: str = Field(description="a named config of trainers.config whose kind matches the stage")
@@ -296,7 +330,7 @@ class TrainStageBase(StageBase):
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
         default_factory=dict, description="the axes: dotted config field -> list of values (a grid over all)"
     )
-    seeds: list[StrictInt] = Field(default_factory=lambda: [0], min_length=1, description="an axis")
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, description="an axis")
     baseline: str | None = Field(
         None, description="the arm the report compares the stage's other arms with: its label as `plan` shows "
         "it (e.g. genotype=DARTS_V2) or its arm id; `report --baseline` overrides it",
@@ -463,7 +497,7 @@ def base_config(spec: ExperimentSpec, stage: Any, where: str) -> tuple[TrainConf
     try:
         config = with_overrides(config, overrides)
     except ConfigError as err:
-        return None, [config_issue(err, f"{where}.overrides", overrides)]
+        return None, [_override_issue(err, config, overrides, f"{where}.overrides", _origin(spec, stage))]
     issues = []
     for field, rule, value in _registered_names(config):
         # A name the stage did not set came from the spec's data defaults (or the recipe).
@@ -474,6 +508,58 @@ def base_config(spec: ExperimentSpec, stage: Any, where: str) -> tuple[TrainConf
             at = field if field.startswith("data.") else f"{where}.recipe"
         issues.append(Issue(at, rule, value))
     return (config if not issues else None), issues
+
+
+def _origin(spec: ExperimentSpec, stage: Any, overrides: Mapping[str, Any] | None = None,
+            where: str = "") -> Callable[[str], str]:  # fmt: skip
+    """Where a config field's value came from, in words: the stage's overrides, the spec's data defaults, or
+    the recipe."""
+
+    def origin(field: str) -> str:
+        if overrides is not None and _dig(overrides, field) is not overrides:
+            return f"{where}.overrides"
+        if field in ("data.dataset", "data.root") and getattr(spec.data, field[len("data."):]) is not None:
+            return "the spec's data defaults"
+        return f"recipe {stage.recipe}"
+
+    return origin
+
+
+def _conflict(err: ConfigError, config: TrainConfig, origin: Callable[[str], str]) -> str:
+    """The rule of a cross-field ``err`` (CPA's ``schedule.warmup_epochs < epochs``) told from the side of the
+    other field, which the user wrote: ``err.path`` names the field the user did not write."""
+    current = _dig(config_to_dict(config), err.path)
+    return (f"conflicts with {err.path} ({current!r}, from {origin(err.path)}): {err.path} {err.rule}; "
+            f"set {err.path} too, or choose another value")  # fmt: skip
+
+
+def _leaves(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"schedule": {"kind": "cpa"}, "epochs": 3}`` -> ``[("schedule.kind", "cpa"), ("epochs", 3)]``."""
+    out: list[tuple[str, Any]] = []
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        out.extend(_leaves(value, f"{dotted}.") if isinstance(value, dict) and value else [(dotted, value)])
+    return out
+
+
+def _override_issue(err: ConfigError, before: TrainConfig, overrides: dict[str, Any], at: str,
+                    origin: Callable[[str], str]) -> Issue:  # fmt: skip
+    """A ConfigError from applying ``overrides`` to ``before``, located at a field the user wrote.
+
+    A rule over two fields names one of them (``schedule.warmup_epochs: must be < epochs``). When the user did
+    not write that one (it came from the recipe), the issue goes to the override that breaks the rule
+    (``overrides.epochs``) and says where the other value came from.
+    """
+    if " " in err.path or _dig(overrides, err.path) is not overrides:
+        return config_issue(err, at, overrides)  # the user wrote the field (or a rule over several fields)
+    for leaf, value in _leaves(overrides):
+        try:
+            with_overrides(before, nest_dotted({leaf: value}))
+        except ConfigError as alone:
+            if alone.path == err.path:
+                return Issue(f"{at}.{leaf}", _conflict(err, before, origin), show(value))
+    # Only the overrides together break it: say so at the overrides, with the value from the recipe.
+    return Issue(at, f"together {_conflict(err, before, origin)}", show(overrides))
 
 
 def _registered_names(config: TrainConfig) -> list[tuple[str, str, str]]:
@@ -498,7 +584,10 @@ def _registered_names(config: TrainConfig) -> list[tuple[str, str, str]]:
     return out
 
 
-def sweep_issues(config: TrainConfig, stage: Any, where: str) -> list[Issue]:
+def sweep_issues(config: TrainConfig, stage: Any, where: str,
+                 origin: Callable[[str], str] | None = None) -> list[Issue]:  # fmt: skip
+    """Every sweep value must build a config, alone and in combination; ``origin`` (see :func:`_origin`) says
+    where a field the axis conflicts with got its value."""
     issues: list[Issue] = []
     for key, values in stage.sweep.items():
         at = f"{where}.sweep.{key}"
@@ -518,7 +607,13 @@ def sweep_issues(config: TrainConfig, stage: Any, where: str) -> list[Issue]:
                 if "unknown field" in str(err):  # one line per unknown key, not one per value
                     issues.append(config_issue(err, at, values, field=key))
                     break
-                issues.append(config_issue(err, f"{at}[{j}]" if len(values) > 1 else at, value, field=key))
+                at_value = f"{at}[{j}]" if len(values) > 1 else at
+                inside = err.path == key or err.path.startswith(f"{key}.")
+                if origin is not None and " " not in err.path and not inside:
+                    # a rule over this axis and a field the stage does not sweep (CPA's warmup vs epochs)
+                    issues.append(Issue(at_value, _conflict(err, config, origin), show(value)))
+                else:
+                    issues.append(config_issue(err, at_value, value, field=key))
                 continue
             issues.extend(Issue(f"{at}[{j}]" if len(values) > 1 else at, r, v)
                           for p, r, v in _registered_names(axis_config) if p == key)  # fmt: skip
@@ -589,7 +684,8 @@ def train_stage_config(spec: ExperimentSpec, stage: Any, where: str,
         return None, [problem], False
     config, issues = base_config(spec, stage, where)
     if config is not None:
-        issues.extend(sweep_issues(config, stage, where))
+        origin = _origin(spec, stage, nest_dotted(stage.overrides), where)
+        issues.extend(sweep_issues(config, stage, where, origin))
     return config, issues, True
 
 

@@ -37,6 +37,7 @@ import numpy as np
 from search_spaces.registry import Registry
 
 __all__ = [
+    "MAX_EPOCHS",
     "ScheduleError",
     "Schedule",
     "SCHEDULES",
@@ -67,6 +68,11 @@ class ScheduleError(ValueError):
 Schedule = Callable[..., np.ndarray]
 SCHEDULES: Registry[Schedule] = Registry("schedule")
 
+# The most epochs a schedule (and a training config, trainers.config) takes. A schedule is an array of one rate
+# per epoch (and ScheduleSpec caches it as Python floats): `nas-service schedule cpa --epochs 1000000000` took
+# about 23 GB before the kernel killed it. 100000 is 50x the paper's longest run (2000 epochs), a few megabytes.
+MAX_EPOCHS = 100_000
+
 
 # ---------------------------------------------------------------------------------------------------------
 # validation helpers: every message says which argument, which rule, which value
@@ -78,6 +84,14 @@ def _int_arg(name: str, value: Any, *, minimum: int) -> int:
     if value < minimum:
         raise ScheduleError(name, f"must be >= {minimum}", value)
     return int(value)
+
+
+def _epochs_arg(name: str, value: Any) -> int:
+    epochs = _int_arg(name, value, minimum=1)
+    if epochs > MAX_EPOCHS:
+        raise ScheduleError(name, f"must be <= {MAX_EPOCHS} (a schedule holds one learning rate per epoch; the "
+                                  f"paper's longest run has 2000 epochs)", value)  # fmt: skip
+    return epochs
 
 
 def _float_arg(name: str, value: Any) -> float:
@@ -127,7 +141,7 @@ def cosine_power_annealing(
     reference) and the last-epoch-is-``min_lr`` property needs ``W + 1 < E``.
 
     Args:
-        epochs: total epochs ``E`` of the run (>= 1).
+        epochs: total epochs ``E`` of the run (``1..MAX_EPOCHS``).
         max_lr: peak learning rate (reached at epoch ``W + 1``).
         min_lr: final learning rate (``0 <= min_lr <= max_lr``).
         power: the exponent base ``p`` (>= 1); 1 is plain (normalised) cosine.
@@ -148,7 +162,7 @@ def cosine_power_annealing(
         >>> float(lrs[5]), float(lrs[-1])  # epoch W+1 = 6 and epoch 120
         (0.025, 0.0001)
     """
-    epochs = _int_arg("epochs", epochs, minimum=1)
+    epochs = _epochs_arg("epochs", epochs)
     max_lr, min_lr = _check_lr_range(max_lr, min_lr)
     power = _float_arg("power", power)
     if power < 1.0:
@@ -196,7 +210,7 @@ def cosine(epochs: int, max_lr: float, min_lr: float) -> np.ndarray:
     factor ``1 / c(1)`` (see the module docstring).
 
     Args:
-        epochs: total epochs ``E`` (>= 1).
+        epochs: total epochs ``E`` (``1..MAX_EPOCHS``).
         max_lr: the optimizer's initial learning rate (``T = 0`` of the cosine).
         min_lr: ``eta_min`` (``0 <= min_lr <= max_lr``).
 
@@ -206,7 +220,7 @@ def cosine(epochs: int, max_lr: float, min_lr: float) -> np.ndarray:
     Raises:
         ScheduleError: an argument breaks one of the rules above.
     """
-    epochs = _int_arg("epochs", epochs, minimum=1)
+    epochs = _epochs_arg("epochs", epochs)
     max_lr, min_lr = _check_lr_range(max_lr, min_lr)
     e = np.arange(1, epochs + 1, dtype=np.float64)
     return min_lr + (max_lr - min_lr) * (1.0 + np.cos(np.pi * e / epochs)) / 2.0
@@ -217,13 +231,13 @@ def constant(epochs: int, lr: float) -> np.ndarray:
     """The same learning rate every epoch.
 
     Args:
-        epochs: total epochs (>= 1).
+        epochs: total epochs (``1..MAX_EPOCHS``).
         lr: the rate (>= 0).
 
     Raises:
         ScheduleError: ``epochs < 1`` or a negative / non-finite ``lr``.
     """
-    epochs = _int_arg("epochs", epochs, minimum=1)
+    epochs = _epochs_arg("epochs", epochs)
     lr = _float_arg("lr", lr)
     if lr < 0.0:
         raise ScheduleError("lr", "must be >= 0", lr)
@@ -335,7 +349,7 @@ class ScheduleSpec:
             ScheduleError: ``epoch`` outside ``1..epochs``.
         """
         epoch = _int_arg("epoch", epoch, minimum=1)
-        epochs = _int_arg("epochs", epochs, minimum=1)
+        epochs = _epochs_arg("epochs", epochs)
         if epoch > epochs:
             raise ScheduleError("epoch", "must be <= epochs", (epoch, epochs), f"{epoch=}, {epochs=}")
         return _cached_values(self, epochs)[epoch - 1]

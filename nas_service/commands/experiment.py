@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None,
                    help="an existing Ray cluster (as ray.init's address); default: a local Ray on 127.0.0.1")
     p.add_argument("--storage", default=None, help="override the spec's storage (folder or URI)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs of the local Ray, >= 1 (default: all of this machine's)")
     p.set_defaults(func=_run)
 
     p = subparsers.add_parser("plan", help="print the trials a spec expands to and which are done; runs nothing")
@@ -73,7 +74,12 @@ def _load(spec_path: str, storage: str | None):
     else:
         spec = load_spec(spec_path)
     if storage:
+        from nas_service.spec import SpecError, storage_issue
+
         spec = spec.model_copy(update={"storage": resolve_storage(storage)})
+        problem = storage_issue(spec)
+        if problem is not None:
+            raise SpecError([problem._replace(path="--storage")])
     return spec
 
 
@@ -83,8 +89,9 @@ def _run(args: argparse.Namespace) -> int:
     from nas_service.results import ResultsStore
     from nas_service.experiment_runner import EXIT_INTERRUPTED, run_experiment
 
-    spec = _load(args.spec, args.storage)  # invalid specs fail here, before Ray starts
-    spec.location.check_local()  # and a storage path that cannot hold folders
+    if args.num_cpus is not None and args.num_cpus < 1:  # 0 would reach Ray as "not given": every CPU
+        raise ValueError(f"--num-cpus: must be >= 1, got {args.num_cpus}; leave it out to use every CPU")
+    spec = _load(args.spec, args.storage)  # invalid specs (and a storage that is a file) fail here, before Ray
     resume = f"nas-service run {args.spec}" + (f" --storage {args.storage}" if args.storage else "")
     try:
         outcome = run_experiment(spec, address=args.address, num_cpus=args.num_cpus, spec_path=args.spec)
@@ -199,7 +206,8 @@ def _existing_store(path: str):
 
     store = ResultsStore.from_experiment_path(path)
     if not store.experiment_exists():
-        raise FileNotFoundError(f"experiment: no experiment folder at {path!r} (give <storage>/<experiment name>)")
+        raise FileNotFoundError(f"experiment: no experiment folder at {path!r}: give <storage>/<experiment name>, "
+                                f"the folder that holds results/ (`nas-service run` writes it as it starts)")  # fmt: skip
     return store
 
 

@@ -17,20 +17,28 @@ from typing import Any
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["data.batch_size=16", "weighting=max_w"]`` -> nested dict; values are parsed as YAML scalars."""
-    import yaml
+    """``["data.batch_size=16", "weighting=max_w"]`` -> nested dict; values are parsed as YAML, as specs are
+    (``arch.lr=1e-3`` is a number). A field set twice is refused, not silently the last."""
+    from nas_service.spec import SpecError, load_yaml
+    from nas_service.spec_models import nest_dotted
 
-    out: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"--set: expected FIELD=VALUE (e.g. data.batch_size=16), got {pair!r}")
         key, raw = pair.split("=", 1)
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
-    return out
+        if key in given:
+            raise ValueError(f"--set: {key} is set twice ({given[key]!r} and {pair!r}); set it once")
+        given[key] = pair
+        try:
+            flat[key] = load_yaml(raw)
+        except SpecError as err:
+            raise ValueError(f"--set {pair!r}: the value {err.issues[0].rule}") from None
+    try:
+        return nest_dotted(flat)
+    except ValueError as err:
+        raise ValueError(f"--set: {err}") from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -87,7 +95,13 @@ def _train(args: argparse.Namespace) -> int:
     from trainers.checkpoints import atomic_write_text
     from trainers.config import get_recipe, with_overrides
 
+    from nas_service.location import folder_problem
+
     config = with_overrides(get_recipe(args.recipe), parse_overrides(args.overrides))
+    problem = folder_problem(args.workdir)  # before any training: the first checkpoint would fail an epoch in
+    if problem is not None:
+        raise ValueError(f"--workdir: must be a folder (or a path one can be made at): {problem}, "
+                         f"got {args.workdir!r}")  # fmt: skip
     log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     summary = run_config(config, args.workdir, args.device, log)
     summary_path = Path(args.workdir) / "summary.json"

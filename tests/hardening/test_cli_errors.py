@@ -34,9 +34,10 @@ def test_a_storage_path_that_is_a_file_is_refused_before_ray_starts(tmp_path) ->
     spec.write_text(tiny_search_spec("tiny", tmp_path / "afile", seeds=[0]))
     done = _cli("run", str(spec), "--num-cpus", "2")
     assert done.returncode == 2 and "Ray has" not in done.stdout, done.stdout
-    assert done.stderr.strip() == (f"nas-service run: error: storage: '{tmp_path / 'afile'}' is a file, not a folder; "
-                                   f"the experiment's results go under <storage>/tiny/ (got storage "
-                                   f"'{tmp_path / 'afile'}')")  # fmt: skip
+    # The spec loader refuses it, so `validate` and `plan` do too (tests/hardening/test_bounds_before_ray.py).
+    assert done.stderr.strip() == (f"nas-service run: error: invalid experiment spec {spec}: storage: must be a folder "
+                                   f"(or a path one can be made at): '{tmp_path / 'afile'}' is a file, not a folder; "
+                                   f"the results go under <storage>/tiny/ (got '{tmp_path / 'afile'}')")  # fmt: skip
 
 
 def test_a_trial_bigger_than_the_local_machine_is_refused_instead_of_waiting_forever(tmp_path) -> None:
