@@ -33,7 +33,6 @@ import io
 import json
 import numbers
 import os
-import re
 import uuid
 import warnings
 from collections.abc import Iterable, Mapping
@@ -45,7 +44,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .location import ExperimentLocation, is_uri
+from .location import ExperimentLocation, is_uri, name_problem
 from .result_values import (  # noqa: F401  (re-exported: the store's public names)
     ResultsError,
     ResultsSchemaError,
@@ -172,10 +171,6 @@ _TRIAL_ROW_KEYS = frozenset({
 })  # fmt: skip
 _VERSION_KEYS = ("python", "torch", "ray", "nas_service", "code")
 
-# Trial ids and experiment names become folder names: keep them to a safe, non-hidden alphabet.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
-
-
 # --------------------------------------------------------------------------------------------------------
 # Locations
 
@@ -225,11 +220,11 @@ def _supports_atomic_rename(fs: pafs.FileSystem) -> bool:
 
 
 def _check_name(kind: str, value: Any) -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise ResultsError(
-            f"{kind} must match {_NAME_RE.pattern} (it becomes a folder name; no '/', no leading '.' or "
-            f"'_'), got {value!r}"
-        )
+    # Trial ids and experiment names become folder names: the one rule of names (nas_service.location), which
+    # the spec's names follow too, so a name that `validate` accepts is one the store takes.
+    problem = name_problem(value)
+    if problem is not None:
+        raise ResultsError(f"{kind} {problem}, got {value!r}")
     return value
 
 
@@ -399,9 +394,9 @@ class ResultsStore:
         return cls(base, experiment, filesystem=fs)
 
     def experiment_exists(self) -> bool:
-        """Whether the experiment's folder exists (readers refuse a path that names no experiment)."""
-        parent = self.root.rpartition("/")[0] or "/"
-        return self.filesystem.get_file_info(parent).type != pafs.FileType.NotFound
+        """Whether the experiment's folder exists and holds ``results/`` (every run writes it as it starts),
+        so readers refuse a path that names no experiment: a typo, or a folder such as ``/etc``."""
+        return self.filesystem.get_file_info(self.root).type == pafs.FileType.Directory
 
     def __repr__(self) -> str:
         return f"ResultsStore({self.root!r}, filesystem={self.filesystem.type_name})"
@@ -620,8 +615,9 @@ class ResultsStore:
         Args:
             table: ``"epochs"`` or ``"trials"``.
             trial_ids: only these trials.
-            on_bad_part: an unreadable part (e.g. truncated on a file system without atomic writes) is
-                skipped with a :class:`ResultsWarning` (``"warn"``) or raises (``"raise"``).
+            on_bad_part: an unreadable part (e.g. truncated on a file system without atomic writes), or a
+                foreign one (a Parquet file without the table's identity columns, or marked as the other
+                table's), is skipped with a :class:`ResultsWarning` (``"warn"``) or raises (``"raise"``).
 
         Raises:
             ResultsSchemaError: a part was written by a newer schema version than this reader knows.
@@ -643,10 +639,9 @@ class ResultsStore:
         for path, part in zip(paths, loaded):
             if isinstance(part, Exception):
                 if on_bad_part == "raise":
-                    raise ResultsError(
-                        f"results part {path!r} must be a readable Parquet file: {part}") from part
-                warnings.warn(f"skipping unreadable results part {path!r}: {part}", ResultsWarning,
-                              stacklevel=2)
+                    rule = f"must be a readable Parquet file of the {table} table"
+                    raise ResultsError(f"results part {path!r} {rule}: {part}") from part
+                warnings.warn(f"skipping results part {path!r}: {part}", ResultsWarning, stacklevel=2)
                 continue
             _check_version(path, part)
             parts.append(part)
@@ -661,10 +656,12 @@ class ResultsStore:
             try:
                 with self.filesystem.open_input_file(path) as f:
                     if wanted is not None and path == table_wide:  # only the asked trials' row groups and rows
-                        return pq.read_table(f, filters=[("trial_id", "in", wanted)])
-                    return pq.read_table(f)
+                        part = pq.read_table(f, filters=[("trial_id", "in", wanted)])
+                    else:
+                        part = pq.read_table(f)
             except (pa.ArrowException, OSError) as err:
                 return err
+            return _foreign(table, part) or part
 
         with ThreadPoolExecutor(max_workers=max(1, min(16, len(paths)))) as pool:
             return list(pool.map(read, paths))
@@ -754,6 +751,9 @@ class ResultsStore:
         """The parts, unified; an unreadable part stops a compaction rather than being dropped with it."""
         parts = self._load(table, paths)
         for path, part in zip(paths, parts):
+            if isinstance(part, ResultsError):  # a foreign file: compacting would fold it in (or delete it)
+                raise ResultsError(f"results part {path!r} cannot be compacted: {part}; "
+                                   f"move it out of results/")  # fmt: skip
             if isinstance(part, Exception):
                 raise part
             _check_version(path, part)
@@ -790,6 +790,26 @@ class ResultsStore:
 def _check_table(table: str) -> None:
     if table not in TABLES:
         raise ResultsError(f"table must be one of {list(TABLES)}, got {table!r}")
+
+
+# The columns every part of a table has held since the first schema: a Parquet file without them is not a
+# part of the table (a file dropped into results/ by hand, or by another tool), and read as one it would
+# become a row of nulls with stray columns.
+_IDENTITY = {"epochs": ("stage", "trial_id", "attempt", "epoch"), "trials": ("stage", "trial_id", "attempt")}
+
+
+def _foreign(table: str, part: pa.Table) -> ResultsError | None:
+    """Why ``part`` is not a part of ``table`` (None when it is one)."""
+    marked = (part.schema.metadata or {}).get(_META_TABLE)
+    if marked is not None and marked != table.encode():
+        return ResultsError(f"it is marked as a part of the {marked.decode(errors='replace')!r} table, "
+                            f"not of {table!r}")  # fmt: skip
+    missing = [name for name in _IDENTITY[table] if name not in part.column_names]
+    if missing:
+        return ResultsError(f"it lacks the {table} table's columns {missing} (its columns: "
+                            f"{part.column_names[:8]}{' ...' if part.num_columns > 8 else ''}): not a part "
+                            f"of this table")  # fmt: skip
+    return None
 
 
 def _check_version(path: str, part: pa.Table) -> None:
