@@ -97,6 +97,12 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "data.batch_size", ">= 1", self.batch_size)
+        # A batch is held in memory at once (the images, then every activation of the network): 2**20 images
+        # is already far beyond any device, and a typo such as 10**12 would otherwise fail only inside a trial.
+        for name in ("batch_size", "eval_batch_size"):
+            _check(getattr(self, name) <= 2**20, f"data.{name}", "<= 1048576 (2**20; the whole batch is held in "
+                   "memory at once)", getattr(self, name))  # fmt: skip
+        _check(self.eval_batch_size >= 1, "data.eval_batch_size", ">= 1", self.eval_batch_size)
         _check(self.cutout >= 0, "data.cutout", ">= 0 (0 = off)", self.cutout)
         _check(self.cutout_holes >= 1, "data.cutout_holes", ">= 1", self.cutout_holes)
         _check(self.random_shift >= 0, "data.random_shift", ">= 0 (0 = off)", self.random_shift)
@@ -140,7 +146,14 @@ class _Common:
     max_steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
+        from .schedules import MAX_EPOCHS  # the schedule holds one learning rate per epoch: one bound for both
+
         _check(self.epochs >= 1, "epochs", ">= 1", self.epochs)
+        _check(self.epochs <= MAX_EPOCHS, "epochs", f"<= {MAX_EPOCHS} (the schedule holds a learning rate per "
+               "epoch; the paper's longest run has 2000)", self.epochs)  # fmt: skip
+        # torch.manual_seed takes the seed, and the results store keeps it as a non-negative 64-bit integer.
+        _check(0 <= self.seed <= 2**63 - 1, "seed", "in [0, 2**63 - 1] (torch seeds from it and the results "
+               "store keeps it as a non-negative 64-bit integer)", self.seed)  # fmt: skip
         _check(self.memory_format in ("auto", "channels_last", "contiguous"), "memory_format",
                "one of auto, channels_last, contiguous", self.memory_format)  # fmt: skip
         arch = getattr(self, "arch", None)
