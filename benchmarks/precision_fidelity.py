@@ -27,7 +27,11 @@ def fidelity_rows(trials) -> list[dict]:
     from nas_service.statistics import compare, summarize
 
     rows = []
-    for stage, group in trials[trials["status"] == "finished"].groupby("stage", sort=False):
+    finished = trials[trials["status"] == "finished"].sort_values("finished_at")
+    # A store keeps the trials of earlier versions of the spec (e.g. before a preset changed): the latest
+    # finished trial of each stage, precision and seed is the current one.
+    finished = finished.drop_duplicates(["stage", "config.precision", "seed"], keep="last")
+    for stage, group in finished.groupby("stage", sort=False):
         by_precision = {p: g.set_index("seed") for p, g in group.groupby("config.precision")}
         if set(by_precision) != {"fp32", "bf16"}:
             continue
