@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .planner import Plan, max_concurrent_trials, plan
+from .planner import Plan, UnschedulableError, max_concurrent_trials, plan, unschedulable_reason
 from .progress import ProgressView, StageProgress, uniform_epochs
 from .result_values import package_versions, utc
 from .results import ResultsStore
@@ -24,10 +24,12 @@ from .trial_lifecycle import DONE_STATUSES, record_stopped_early
 from .trials import Trial, UpstreamResult
 
 __all__ = ["RunOutcome", "StageScheduling", "stage_scheduling", "run_experiment", "upstream_from_store",
-           "EXIT_INTERRUPTED", "EXIT_FAILED"]
+           "UnschedulableError", "EXIT_INTERRUPTED", "EXIT_FAILED", "DEFAULT_SCHEDULE_TIMEOUT_S"]
 
 EXIT_INTERRUPTED = 130
 EXIT_FAILED = 1
+# How long a stage on a cluster that may grow waits for nodes with room for its trials before it fails.
+DEFAULT_SCHEDULE_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -87,28 +89,38 @@ class StageScheduling:
         concurrency: trials at once.
         ddp: the DDP settings each trial carries (``Trial.ddp``; None: trials train in-process).
         note: a line for the user (how many at once and why), or a warning.
+        bundles: what one trial asks Ray for, as placement bundles (``{"CPU", "GPU"}``): the trial itself,
+            or a DDP trial's driver and then each of its workers (they may be on different nodes).
     """
 
     per_trial: dict[str, float]
     concurrency: int
     ddp: dict[str, Any] | None = None
     note: str = ""
+    bundles: tuple[dict[str, float], ...] = ()
 
 
-class UnschedulableError(ValueError):
-    """A trial asks for more than the cluster has, and the cluster cannot grow (a local Ray instance)."""
-
-
-def _check_fits(stage: Any, one_trial: dict[str, float], cpus: float, gpus: float, fixed: bool) -> str | None:
+def _check_fits(stage: Any, one_trial: dict[str, float], cpus: float, gpus: float, fixed: bool,
+                memory: float | None = None) -> str | None:  # fmt: skip
     """None when one trial fits the cluster; else the reason (raised at once on a fixed cluster)."""
-    if one_trial["cpu"] <= cpus + 1e-9 and one_trial["gpu"] <= gpus + 1e-9:
+    reserved = one_trial.get("memory") or 0.0
+    too_much_memory = memory is not None and reserved > memory
+    if one_trial["cpu"] <= cpus + 1e-9 and one_trial["gpu"] <= gpus + 1e-9 and not too_much_memory:
         return None
     reason = (f"stage {stage.name!r}: one trial needs {one_trial['cpu']:g} CPUs and {one_trial['gpu']:g} GPUs, "
               f"the cluster has {cpus:g} and {gpus:g}")  # fmt: skip
+    if too_much_memory:
+        reason += (f"; it reserves {reserved / 2**30:.2f} GiB of memory, Ray has {memory / 2**30:.2f} GiB "
+                   "to reserve")  # fmt: skip
     if fixed:
         raise UnschedulableError(f"{reason}; it would never start. Lower resources (or resources_per_worker x "
                                  "workers) in the spec, or run on a cluster with room (--address)")  # fmt: skip
     return reason
+
+
+def _memory(resources: Any) -> dict[str, float]:
+    """``{"memory": bytes}`` when the spec reserves memory (Ray's resource name), else nothing."""
+    return {"memory": float(resources.memory)} if resources.memory else {}
 
 
 def stage_scheduling(spec: ExperimentSpec, stage: Any, cluster: dict[str, float], *,
@@ -124,26 +136,32 @@ def stage_scheduling(spec: ExperimentSpec, stage: Any, cluster: dict[str, float]
     every CPU while their workers wait would never finish).
     """
     cpus, gpus = cluster.get("CPU", 1), cluster.get("GPU", 0)
+    memory = cluster.get("memory")  # what Ray may reserve for tasks; unknown (None) limits nothing
     workers = getattr(stage, "workers", 1)
     if workers < 2:
-        per_trial = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-        waiting = _check_fits(stage, per_trial, cpus, gpus, fixed)
+        per_trial = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu, **_memory(spec.resources)}
+        waiting = _check_fits(stage, per_trial, cpus, gpus, fixed, memory)
         note = f"WARNING: {waiting}: its trials wait until nodes with room join" if waiting else ""
-        return StageScheduling(per_trial, max_concurrent_trials(per_trial, cpus, gpus), note=note)
+        bundles = ({"CPU": per_trial["cpu"], "GPU": per_trial["gpu"], **_memory(spec.resources)},)
+        return StageScheduling(per_trial, max_concurrent_trials(per_trial, cpus, gpus, memory), note=note,
+                               bundles=bundles)  # fmt: skip
     from .ray_runtime.train import ddp_trial_resources
 
-    asked = {"CPU": stage.resources_per_worker.cpu, "GPU": stage.resources_per_worker.gpu}
-    driver, _ = ddp_trial_resources(workers, asked)
-    whole = {"cpu": workers * asked["CPU"], "gpu": workers * asked["GPU"]}
-    concurrency = max_concurrent_trials(whole, cpus, gpus)
+    asked = {"CPU": stage.resources_per_worker.cpu, "GPU": stage.resources_per_worker.gpu,
+             **_memory(stage.resources_per_worker)}  # fmt: skip
+    driver, worker = ddp_trial_resources(workers, asked)
+    whole = {"cpu": workers * asked["CPU"], "gpu": workers * asked["GPU"],
+             **{k: workers * v for k, v in _memory(stage.resources_per_worker).items()}}  # fmt: skip
+    concurrency = max_concurrent_trials(whole, cpus, gpus, memory)
     note = (f"DDP over {workers} workers of {asked['CPU']:g} CPU, {asked['GPU']:g} GPU each; "
             f"up to {concurrency} trial(s) at once")  # fmt: skip
-    waiting = _check_fits(stage, whole, cpus, gpus, fixed)
+    waiting = _check_fits(stage, whole, cpus, gpus, fixed, memory)
     if waiting:
         note += f"; WARNING: {waiting}: its workers wait until nodes with room join"
     ddp = {"workers": workers, "resources_per_worker": asked, "retries": stage.worker_retries,
            "sync_batchnorm": stage.sync_batchnorm}
-    return StageScheduling({"cpu": driver["cpu"], "gpu": 0.0}, concurrency, ddp, note)
+    bundles = ({"CPU": driver["cpu"]},) + tuple(dict(worker) for _ in range(workers))
+    return StageScheduling({"cpu": driver["cpu"], "gpu": 0.0}, concurrency, ddp, note, bundles)
 
 
 def _epoch_line(trial: Trial, result: dict[str, Any]) -> str:
@@ -162,19 +180,28 @@ def run_experiment(
     spec_path: str | None = None,
     out: Callable[[str], None] = lambda line: print(line, flush=True),
     live_progress: bool | None = None,
+    schedule_timeout: float = DEFAULT_SCHEDULE_TIMEOUT_S,
 ) -> RunOutcome:
     """Runs (or resumes) every stage of ``spec``; returns how it ended.
 
     ``live_progress``: a live progress table (rich) instead of plain status lines; default: when standard
-    output is a terminal."""
+    output is a terminal.
+
+    ``schedule_timeout``: on a cluster that may grow, a stage whose trial does not fit the cluster's alive
+    nodes (a node lost, or more asked for than any node has) waits this many seconds for nodes with room,
+    then fails with :class:`UnschedulableError` (a local instance refuses such a stage at once).
+
+    Raises:
+        UnschedulableError: a stage's trial does not fit the cluster (see ``schedule_timeout``)."""
     from . import ray_runtime  # Ray and torch only once a run starts: `nas-service plan` imports this module
 
     location = spec.location
     store = ResultsStore.of(location)
     ddp_stages = any(getattr(stage, "workers", 1) > 1 for stage in spec.stages)
     resources = ray_runtime.start_ray(address, num_cpus=num_cpus, dashboard=ddp_stages)
-    per_trial = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    concurrency = max_concurrent_trials(per_trial, resources.get("CPU", 1), resources.get("GPU", 0))
+    per_trial = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu, **_memory(spec.resources)}
+    concurrency = max_concurrent_trials(per_trial, resources.get("CPU", 1), resources.get("GPU", 0),
+                                        resources.get("memory"))  # fmt: skip
     out(f"experiment {spec.name}: storage {spec.storage}; Ray has {resources.get('CPU', 0):g} CPUs, "
         f"{resources.get('GPU', 0):g} GPUs; up to {concurrency} trials at once")  # fmt: skip
     store.write_experiment_record({
@@ -218,13 +245,18 @@ def run_experiment(
         def on_event(kind: str, trial: Trial, result: dict[str, Any] | None) -> None:
             if kind == "epoch":
                 out(_epoch_line(trial, result or {}))
-            elif kind == "errored":
-                out(f"[{trial.stage}] {trial.trial_id} failed; retrying from its checkpoint if allowed")
+            elif kind == "errored":  # an attempt failed: Tune retries it from its checkpoint while it may
+                info = result or {}
+                then = "retrying from its last checkpoint" if info.get("retrying") else "no retries left"
+                out(f"[{trial.stage}] {trial.trial_id} failed; {then}: {info.get('error', 'unknown error')}")
             view.event(kind, trial, result)
 
         common = dict(
             location=location, stage=stage.name, resources=scheduling.per_trial,
             retries=spec.retries, max_concurrent=scheduling.concurrency, asha=asha, on_event=on_event,
+            unschedulable=lambda nodes, name=stage.name, bundles=scheduling.bundles: unschedulable_reason(
+                name, bundles, nodes),
+            schedule_timeout=schedule_timeout,
         )  # fmt: skip
         try:
             if searching:

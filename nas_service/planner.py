@@ -10,7 +10,7 @@ is cheap: call it again after each stage).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .spec_models import Resources
@@ -34,8 +34,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PlanError", "Arm", "Lineage", "Trial", "UpstreamResult", "OptunaPlan", "StagePlan", "Plan", "plan",
-    "trial_id_for", "max_concurrent_trials", "describe_plan",
+    "trial_id_for", "max_concurrent_trials", "describe_plan", "UnschedulableError", "fits_on_nodes",
+    "unschedulable_reason",
 ]  # fmt: skip
+
+
+class UnschedulableError(ValueError):
+    """A trial asks for more than the cluster has: at once on a cluster that cannot grow (a local Ray
+    instance), or after ``schedule_timeout`` seconds on one that did not grow (a real cluster)."""
 
 
 def plan(spec: ExperimentSpec, *, upstream: Upstream | None = None) -> Plan:
@@ -63,29 +69,77 @@ def plan(spec: ExperimentSpec, *, upstream: Upstream | None = None) -> Plan:
 
 
 def max_concurrent_trials(resources_per_trial: Resources | Mapping[str, float], cluster_cpus: float,
-                          cluster_gpus: float) -> int:  # fmt: skip
-    """How many trials may run at once: never more than the CPUs or the GPUs can hold, at least 1.
+                          cluster_gpus: float, cluster_memory: float | None = None) -> int:  # fmt: skip
+    """How many trials may run at once: never more than the CPUs, the GPUs or (when both the trial's reservation
+    and the cluster's memory are known) the memory can hold, at least 1.
 
     Args:
-        resources_per_trial: a :class:`~nas_service.spec.Resources` or ``{"cpu": c, "gpu": g}``.
+        resources_per_trial: a :class:`~nas_service.spec.Resources` or ``{"cpu": c, "gpu": g, "memory": bytes}``.
         cluster_cpus, cluster_gpus: what the cluster (or the local machine) has.
+        cluster_memory: the bytes Ray may reserve for tasks (``ray.cluster_resources()["memory"]``); None: unknown.
 
     Raises:
         ValueError: a trial holds neither CPU nor GPU, or a count is negative.
     """
     if isinstance(resources_per_trial, Mapping):
         cpu, gpu = float(resources_per_trial.get("cpu", 1.0)), float(resources_per_trial.get("gpu", 0.0))
+        memory = resources_per_trial.get("memory")
     else:
-        cpu, gpu = resources_per_trial.cpu, resources_per_trial.gpu
+        cpu, gpu, memory = resources_per_trial.cpu, resources_per_trial.gpu, resources_per_trial.memory
     if min(cpu, gpu, cluster_cpus, cluster_gpus) < 0:
         raise ValueError(f"resources must be >= 0, got per trial cpu={cpu}, gpu={gpu}; "
                          f"cluster cpus={cluster_cpus}, gpus={cluster_gpus}")  # fmt: skip
     if cpu == 0 and gpu == 0:
         raise ValueError("a trial must hold some CPU or GPU (else concurrency is unbounded): cpu=0, gpu=0")
     # The small epsilon keeps 1.0 / 0.1 from flooring to 9 (it is 9.999... in floating point).
-    pairs = ((cluster_cpus, cpu), (cluster_gpus, gpu))
+    pairs = [(cluster_cpus, cpu), (cluster_gpus, gpu)]
+    if memory and cluster_memory is not None:  # Ray leaves the rest PENDING; the stated concurrency says so
+        pairs.append((float(cluster_memory), float(memory)))
     limits = [math.floor(have / need + 1e-9) for have, need in pairs if need > 0]
     return max(1, min(limits))
+
+
+def fits_on_nodes(bundles: Sequence[Mapping[str, float]], nodes: Sequence[Mapping[str, float]]) -> bool:
+    """Whether one trial's resource bundles can all be placed at once on ``nodes`` (their total resources).
+
+    A plain trial is one bundle that must fit one node; a DDP trial is its driver's bundle plus one per worker,
+    which Ray Train may spread over nodes. First fit, largest bundle first (exact for the identical worker
+    bundles a DDP trial has).
+
+    Args:
+        bundles: ``[{"CPU": c, "GPU": g}, ...]`` as Ray takes them (zero amounts ask for nothing).
+        nodes: each alive node's total resources, ``[{"CPU": 4.0, "GPU": 1.0, ...}, ...]``.
+    """
+    free = [dict(node) for node in nodes]
+    for bundle in sorted(bundles, key=lambda b: tuple(-float(b.get(k, 0.0)) for k in ("GPU", "CPU"))):
+        asked = {k: float(v) for k, v in bundle.items() if v}
+        for node in free:
+            if all(node.get(k, 0.0) + 1e-9 >= v for k, v in asked.items()):
+                for k, v in asked.items():
+                    node[k] = node.get(k, 0.0) - v
+                break
+        else:
+            return False
+    return True
+
+
+def unschedulable_reason(stage: str, bundles: Sequence[Mapping[str, float]],
+                         nodes: Sequence[Mapping[str, float]]) -> str | None:  # fmt: skip
+    """None when one trial of ``stage`` fits ``nodes`` (:func:`fits_on_nodes`); else what it asks for and
+    what the cluster has, in one line."""
+    if fits_on_nodes(bundles, nodes):
+        return None
+
+    def amounts(r: Mapping[str, float]) -> str:  # 2 decimals: a DDP worker's 0.995 CPU is the 1 CPU asked for
+        return f"{round(float(r.get('CPU', 0)), 2):g} CPU, {round(float(r.get('GPU', 0)), 2):g} GPU"
+
+    if len(bundles) == 1:
+        asked = f"one trial needs {amounts(bundles[0])} on one node"
+    else:  # a DDP trial: its driver's sliver, then identical worker bundles
+        worker = bundles[-1]
+        asked = f"one trial needs {len(bundles) - 1} DDP workers of {amounts(worker)} each (and its driver)"
+    have = "; ".join(amounts(n) for n in nodes) or "nothing"
+    return f"stage {stage!r}: {asked}, the cluster's {len(nodes)} alive node(s) have {have}"
 
 
 def describe_plan(plan: Plan, done_ids: set[str] | frozenset[str] = frozenset()) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Union
@@ -25,6 +26,7 @@ from pydantic import (
     Tag,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -221,11 +223,51 @@ class DataDefaults(SpecModel):
         return resolve_local(v, info)
 
 
+# A memory size as Kubernetes and Ray write them: K/M/G/T are powers of 1000 (a trailing B is optional),
+# Ki/Mi/Gi/Ti powers of 1024; a plain integer is bytes.
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]i?)?[bB]?\s*$")  # also the schema's pattern
+_SIZE_UNITS = {"": 1, **{u: 1000 ** (i + 1) for i, u in enumerate("kmgt")},
+               **{f"{u}i": 1024 ** (i + 1) for i, u in enumerate("kmgt")}}  # fmt: skip
+SIZE_RULE = "must be a size such as 512MiB, 4GiB or 2G (K/M/G/T: powers of 1000; Ki/Mi/Gi/Ti: of 1024) or bytes"
+
+
+def parse_size(value: Any) -> int | None:
+    """Bytes from a size as a spec writes it (``512MiB``, ``4GiB``, ``2G``, or an integer of bytes); None stays.
+
+    Raises:
+        ValueError: not a size, or not above 0 (the message is :data:`SIZE_RULE`).
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and (match := _SIZE_RE.match(value)):
+        size = int(float(match[1]) * _SIZE_UNITS[(match[2] or "").lower()])
+    elif isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        raise ValueError(SIZE_RULE)
+    if size <= 0:
+        raise ValueError("must be above 0 (leave it out to reserve none)")
+    return size
+
+
+MemorySize = Annotated[int | None, WithJsonSchema({"anyOf": [
+    {"type": "integer", "minimum": 1}, {"type": "string", "pattern": _SIZE_RE.pattern}, {"type": "null"}]})]
+
+
 class Resources(SpecModel):
     """What one trial holds while it runs; concurrency follows (see ``planner.max_concurrent_trials``)."""
 
     cpu: StrictFloat = Field(1.0, ge=0, description="CPUs per trial")
     gpu: StrictFloat = Field(0.0, ge=0, description="GPUs per trial (fractions below 1 share a GPU)")
+    memory: MemorySize = Field(
+        None, description="memory Ray reserves per trial (per worker in resources_per_worker), e.g. 4GiB, 512MiB, "
+        "2G or bytes: Ray places no more trials on a node than its memory holds (a reservation, not a limit)",
+    )  # fmt: skip
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> int | None:
+        return parse_size(v)
 
     @field_validator("gpu")
     @classmethod

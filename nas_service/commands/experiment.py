@@ -16,6 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", default=None, help="override the spec's storage (folder or URI)")
     p.add_argument("--num-cpus", type=int, default=None,
                    help="CPUs of the local Ray, >= 1 (default: all of this machine's)")
+    p.add_argument("--schedule-timeout", dest="schedule_timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="on a cluster (--address, or inside a Ray job): fail a stage whose trial has not fit the "
+                        "cluster's alive nodes for this long (a lost node, more asked for than any node has)")
     p.set_defaults(func=_run)
 
     p = subparsers.add_parser("plan", help="print the trials a spec expands to and which are done; runs nothing")
@@ -27,6 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("experiment", help="<storage>/<experiment name>, a folder or a URI")
     p.add_argument("--watch", nargs="?", type=float, const=5.0, default=None, metavar="SECONDS",
                    help="refresh every SECONDS (default 5) until every planned trial is done, or Ctrl-C")
+    p.add_argument("--address", default=None,
+                   help="also report the nodes of the Ray cluster at this dashboard URL (http://HEAD:8265): "
+                        "how many are alive, and each node it lost")  # fmt: skip
+    p.add_argument("--token", default=None, help="Ray auth token (default: $RAY_AUTH_TOKEN or ~/.ray/auth_token)")
     p.set_defaults(func=_status)
 
     p = subparsers.add_parser("compact", help="rewrite an experiment's results as one Parquet file per table "
@@ -91,10 +98,13 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.num_cpus is not None and args.num_cpus < 1:  # 0 would reach Ray as "not given": every CPU
         raise ValueError(f"--num-cpus: must be >= 1, got {args.num_cpus}; leave it out to use every CPU")
+    if not args.schedule_timeout > 0:
+        raise ValueError(f"--schedule-timeout: must be > 0 seconds, got {args.schedule_timeout:g}")
     spec = _load(args.spec, args.storage)  # invalid specs (and a storage that is a file) fail here, before Ray
     resume = f"nas-service run {args.spec}" + (f" --storage {args.storage}" if args.storage else "")
     try:
-        outcome = run_experiment(spec, address=args.address, num_cpus=args.num_cpus, spec_path=args.spec)
+        outcome = run_experiment(spec, address=args.address, num_cpus=args.num_cpus, spec_path=args.spec,
+                                 schedule_timeout=args.schedule_timeout)  # fmt: skip
     except KeyboardInterrupt:
         print(f"interrupted; resume with: {resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -138,6 +148,10 @@ def _status(args: argparse.Namespace) -> int:
             print("\033[2J\033[H", end="")  # a refreshed screen rather than a scrolling log
         if args.watch is not None:
             print(time.strftime("%H:%M:%S"), args.experiment)
+        if args.address:
+            from nas_service.ray_runtime.jobs import cluster_health_line
+
+            print(cluster_health_line(args.address, token=args.token))
         print("no trials recorded yet" if table.empty else
               counts.to_string(index=False, na_rep="?") + "\n\n" + table.to_string(index=False))  # fmt: skip
         complete = not counts.empty and counts["pending"].notna().all() and (counts["pending"] == 0).all() \

@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="declare a local storage path a mount shared by every node (e.g. NFS at the same path)")
     p.add_argument("--token", default=None, help="Ray auth token (default: $RAY_AUTH_TOKEN or ~/.ray/auth_token)")
     p.add_argument("--wait", action="store_true", help="wait for the job to end and exit with its outcome")
+    p.add_argument("--schedule-timeout", dest="schedule_timeout", type=float, default=None, metavar="SECONDS",
+                   help="passed to the job's `run`: fail a stage whose trial has not fit the cluster's alive nodes "
+                        "for this long (default: run's, 600)")  # fmt: skip
     p.set_defaults(func=_submit)
 
     p = subparsers.add_parser("jobs", help="list, inspect, follow or stop experiment jobs on a Ray cluster")
@@ -74,6 +77,10 @@ def _submit(args: argparse.Namespace) -> int:
     # environment, the spec's folder is its working directory, and the project's packages go as py_modules
     # (from a checkout or site-packages alike: never the whole site-packages).
     entrypoint = f"python -m nas_service.cli run env:{SPEC_ENV} --address auto --storage {shlex.quote(spec.storage)}"
+    if args.schedule_timeout is not None:
+        if not args.schedule_timeout > 0:
+            raise ValueError(f"--schedule-timeout: must be > 0 seconds, got {args.schedule_timeout:g}")
+        entrypoint += f" --schedule-timeout {args.schedule_timeout:g}"
     client = jobs_client(args.address, token=args.token)
     result = submit_experiment(
         client, experiment=spec.name, entrypoint=entrypoint, working_dir=str(spec_file.parent),

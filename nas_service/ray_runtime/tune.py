@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +25,15 @@ from trainers.checkpoints import copy_run_files, stage_run_files
 
 from ..digests import digest
 from ..location import ExperimentLocation
+from ..planner import UnschedulableError
 from ..stage_kinds import STAGE_KINDS, StageKind
-from ..trial_lifecycle import run_trial
+from ..trial_lifecycle import record_failed_attempt, run_trial
 from ..trials import Trial
 
 # The driver's progress callback: (started | epoch | finished | errored, the planned trial, metrics or None).
 OnEvent = Callable[[str, Trial, "dict[str, Any] | None"], None]
+# Why one trial of the stage does not fit these alive nodes' total resources, or None when it does.
+Unschedulable = Callable[[list[dict[str, float]]], "str | None"]
 
 __all__ = [
     "RAY_ENVIRONMENT",
@@ -36,6 +41,7 @@ __all__ = [
     "start_ray",
     "shutdown_ray",
     "cluster_resources",
+    "alive_node_resources",
     "StageOutcome",
     "run_trials",
     "run_optuna_trials",
@@ -108,6 +114,13 @@ def cluster_resources() -> dict:
     import ray
 
     return dict(ray.cluster_resources())
+
+
+def alive_node_resources() -> list[dict[str, float]]:
+    """The total resources of each alive node (``{"CPU": 4.0, "GPU": 1.0, ...}``), as the GCS has them now."""
+    import ray
+
+    return [dict(node.get("Resources") or {}) for node in ray.nodes() if node.get("Alive")]
 
 
 def shutdown_ray() -> None:
@@ -218,6 +231,13 @@ def _optuna_trainable(param: dict[str, Any], *, optuna_plan: Any, location: Expe
 # Running one stage's trials
 
 
+def _recorder(location: ExperimentLocation) -> Callable[[Trial, str], None]:
+    """Records a failed attempt of a trial in the results store (:func:`record_failed_attempt`)."""
+    from ..results import ResultsStore
+
+    return lambda trial, cause: record_failed_attempt(ResultsStore.of(location), trial, cause)
+
+
 def _tune_name(stage: str, trial_ids: list[str]) -> str:
     return f"{stage}-{digest(sorted(trial_ids), 10, compact=False)}"
 
@@ -231,42 +251,122 @@ def _asha(asha: dict[str, Any] | None, epochs: int) -> Any:
                          grace_period=asha["grace_period"], reduction_factor=asha["reduction_factor"])  # fmt: skip
 
 
+# The driver's receivers of each Tune run's trial events, by Tune run name. Tune pickles a run's callbacks
+# with its state, and a restored run (``Tuner.restore``) calls those unpickled copies, not callbacks this
+# process built: a callback holding the driver's objects would feed stale copies of them (a resumed run's
+# progress went to the interrupted run's view; an older view class crashed the run). So the callback holds
+# only the run's name and finds the live receivers through :func:`_receivers` (pickled by reference).
+_RECEIVERS: dict[str, tuple[Callable[[dict[str, Any]], Trial | None], OnEvent | None,
+                            Callable[[Trial, str], None] | None]] = {}  # fmt: skip
+
+
+def _listen(name: str, trial_of: Callable[[dict[str, Any]], Trial | None], on_event: OnEvent | None,
+            on_failure: Callable[[Trial, str], None] | None = None) -> None:  # fmt: skip
+    """Routes the trial events of Tune run ``name`` to this process's ``on_event`` / ``on_failure`` (before
+    its ``fit()``, fresh or restored)."""
+    _RECEIVERS[name] = (trial_of, on_event, on_failure)
+
+
+def _receivers(name: str) -> tuple[Any, Any, Any]:
+    return _RECEIVERS.get(name, (lambda config: None, None, None))
+
+
 class _Progress:
-    """A Tune callback (built lazily: Ray is imported only when a stage runs) that tells the driver's
-    ``on_event(kind, trial, result)`` of each trial's start, epochs, end and errors."""
+    """A Tune callback (built lazily: Ray is imported only when a stage runs) that tells the receivers
+    :func:`_listen` registered for its run of each trial's start, epochs, end and failed attempts
+    (``on_failure(trial, cause)``: Tune retries it next, or gives up)."""
 
     @staticmethod
-    def make(trial_of: Callable[[dict[str, Any]], Trial | None], on_event: OnEvent | None) -> Any:
+    def make(name: str) -> Any:
         from ray import tune
 
-        def tell(kind: str, tune_trial: Any, result: dict[str, Any] | None = None) -> None:
-            planned = trial_of(tune_trial.config)  # Tune puts its own id in result["trial_id"]
-            if planned is not None and on_event is not None:
-                on_event(kind, planned, result)
-
         class Progress(tune.Callback):
+            def __init__(self) -> None:
+                self.run_name = name  # the only state that travels with Tune's pickled run
+
+            def _tell(self, kind: str, tune_trial: Any, result: dict[str, Any] | None = None) -> None:
+                trial_of, on_event, _ = _receivers(self.run_name)
+                planned = trial_of(tune_trial.config)  # Tune puts its own id in result["trial_id"]
+                if planned is not None and on_event is not None:
+                    on_event(kind, planned, result)
+
+            def _failed(self, tune_trial: Any, retrying: bool) -> None:
+                trial_of, _, on_failure = _receivers(self.run_name)
+                planned = trial_of(tune_trial.config)
+                cause = failure_cause(_latest_error(tune_trial))
+                if planned is not None and on_failure is not None:
+                    try:
+                        on_failure(planned, cause)
+                    except Exception as err:  # a record lost is no reason to stop every other trial
+                        logger.warning("could not record the failed attempt of %s: %s", planned.trial_id, err)
+                self._tell("errored", tune_trial, {"error": cause, "retrying": retrying})
+
             def on_trial_start(self, iteration, trials, trial, **info):
-                tell("started", trial)
+                self._tell("started", trial)
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 if "epoch" in result:
-                    tell("epoch", trial, result)
+                    self._tell("epoch", trial, result)
 
             def on_trial_complete(self, iteration, trials, trial, **info):
-                tell("finished", trial)
+                self._tell("finished", trial)
 
-            def on_trial_error(self, iteration, trials, trial, **info):
-                tell("errored", trial, {"error": str(trial.error_file or "error")})
+            def on_trial_recover(self, iteration, trials, trial, **info):  # Tune retries it next
+                self._failed(trial, retrying=True)
+
+            def on_trial_error(self, iteration, trials, trial, **info):  # no retries left
+                self._failed(trial, retrying=False)
 
         return Progress()
 
 
-def _run_config(name: str, storage_path: str, retries: int, progress: Any) -> Any:
+class _ScheduleWatch:
+    """A Tune callback (built lazily, as :class:`_Progress`) that fails the stage when its trials cannot be
+    scheduled: every few seconds it asks ``unschedulable(alive node resources)``; once that has named a
+    reason for ``timeout_s`` seconds in a row (no node with room joined meanwhile), it raises
+    :class:`UnschedulableError`, which ends ``fit()`` (Tune stops the stage's trial actors first).
+
+    Without it such a stage never ends: Tune keeps a trial that fits no node PENDING, and Ray Train retries a
+    DDP worker group that cannot start forever (``WorkerGroupStartupTimeoutError`` every minute).
+    """
+
+    @staticmethod
+    def make(unschedulable: Unschedulable, timeout_s: float, *, every_s: float = 2.0,
+             nodes: Callable[[], list[dict[str, float]]] = alive_node_resources) -> Any:  # fmt: skip
+        from ray import tune
+
+        class ScheduleWatch(tune.Callback):
+            def __init__(self) -> None:
+                self.since: float | None = None
+                self.next_check = 0.0
+
+            def on_step_begin(self, iteration, trials, **info):
+                now = time.monotonic()
+                if now < self.next_check:
+                    return
+                self.next_check = now + every_s
+                reason = unschedulable(nodes())
+                if reason is None:
+                    self.since = None
+                elif self.since is None:
+                    self.since = now
+                    logger.warning("%s: waiting up to %g s (--schedule-timeout) for nodes with room", reason,
+                                   timeout_s)  # fmt: skip
+                elif now - self.since >= timeout_s:
+                    raise UnschedulableError(
+                        f"{reason}, still after {now - self.since:.0f} s (--schedule-timeout {timeout_s:g}); lower "
+                        "resources (or resources_per_worker x workers) in the spec, or add nodes with room"
+                    )  # fmt: skip
+
+        return ScheduleWatch()
+
+
+def _run_config(name: str, storage_path: str, retries: int, progress: Any, *callbacks: Any) -> Any:
     """Every stage's Tune run: quiet (our own per-epoch lines), retried from checkpoints, one kept."""
     from ray import tune
 
     return tune.RunConfig(
-        name=name, storage_path=storage_path, verbose=0, callbacks=[progress],
+        name=name, storage_path=storage_path, verbose=0, callbacks=[progress, *callbacks],
         failure_config=tune.FailureConfig(max_failures=retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
     )  # fmt: skip
@@ -289,6 +389,7 @@ def _fit(path: str, make_tuner: Callable[[], Any], trainable: Any) -> Any:
     """
     from ray import tune
 
+    _count_lost_workers_as_trial_failures()
     if not tune.Tuner.can_restore(path):
         return make_tuner().fit()
     grid = tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
@@ -313,12 +414,106 @@ def _forget_tune_state(path: str) -> None:
             fs.delete_file(info.path)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# A trial's worker lost (killed by Ray's memory monitor, its node gone): a failed attempt, retried like any
+
+
+def _count_lost_workers_as_trial_failures() -> None:
+    """Makes Tune count a trial whose worker Ray lost as a failed attempt, retried from its checkpoint.
+
+    Tune's actor manager (``RayActorManager._actor_task_failed``, Ray 2.60) expects a trial's task to fail
+    with a ``RayActorError`` (the actor died) or a ``RayTaskError`` (the trainable raised). Since Ray 2.3 a
+    worker that Ray's memory monitor kills fails its task with ``OutOfMemoryError`` instead (ray-project/ray
+    PR #32107), which is neither: the manager raises ``RuntimeError("Caught unexpected exception: ...")``
+    out of ``fit()``, so no retry happens and the run ends with a traceback. The same goes for the other
+    system errors of a lost worker (``WorkerCrashedError``, ``NodeDiedError``, ...). This wraps the method
+    once per process so that such an error reaches Tune as the ``RayActorError`` it means, keeping the
+    original type and message in its text (:func:`failure_cause` reads them). A trial's own exception
+    (``RayTaskError``) and real actor errors pass through untouched.
+    """
+    from ray.exceptions import RayActorError, RayError, RayTaskError
+
+    try:
+        from ray.air.execution._internal.actor_manager import RayActorManager
+    except ImportError:  # pragma: no cover - a Ray without Tune's actor manager
+        logger.warning("Ray's Tune actor manager moved: a trial killed for memory may end the run")
+        return
+    original = getattr(RayActorManager, "_actor_task_failed", None)
+    if original is None:  # pragma: no cover
+        logger.warning("Ray's Tune actor manager changed: a trial killed for memory may end the run")
+        return
+    if getattr(original, "_lost_worker_is_actor_error", False):
+        return
+
+    def _actor_task_failed(self: Any, tracked_actor_task: Any, exception: Exception) -> None:
+        if isinstance(exception, RayError) and not isinstance(exception, (RayActorError, RayTaskError)):
+            # Positional: exceptions pickle by their args (Tune pickles it into the trial's error file).
+            exception = RayActorError(None, f"{type(exception).__name__}: {exception}")
+        original(self, tracked_actor_task, exception)
+
+    _actor_task_failed._lost_worker_is_actor_error = True  # type: ignore[attr-defined]
+    RayActorManager._actor_task_failed = _actor_task_failed  # type: ignore[method-assign]
+
+
+# Ray's words when its memory monitor killed a worker (OutOfMemoryError, or an actor's death context).
+_OOM_WORDS = ("running low on memory", "OutOfMemoryError", "memory monitor")
+_MEMORY_USE = re.compile(r"was ([\d.]+\s*[KMGT]?i?B) used / ([\d.]+\s*[KMGT]?i?B) limit \(([\d.]+)\)")
+
+
+def _latest_error(tune_trial: Any) -> Any:
+    """The exception of a Tune trial's latest failure, else its text, from the error files Tune has just
+    written in the trial's local folder (the copies on storage come later)."""
+    from ray import cloudpickle
+
+    try:
+        pickled, text = tune_trial.pickled_error_file, tune_trial.error_file
+        if pickled and os.path.exists(pickled):
+            with open(pickled, "rb") as f:
+                return cloudpickle.load(f)
+        if text and os.path.exists(text):  # every failure so far, each after a "Failure # n" line
+            with open(text) as f:
+                return f.read().rsplit("Failure # ", 1)[-1].split("\n", 1)[-1] or None
+    except Exception as err:  # the files are Tune's; unreadable, the cause is unknown, which is no reason to stop
+        return f"unknown error (its error file: {err})"
+    return None
+
+
+def failure_cause(error: Any) -> str:
+    """One line saying why an attempt of a trial failed: the memory monitor's kill, a lost worker, or the
+    trial's own exception (its type and last line, as Ray gives it)."""
+    from ray.exceptions import RayError, RayTaskError
+
+    text = str(error if error is not None else "unknown error").strip() or "unknown error"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if isinstance(error, RayTaskError):
+        return f"{type(error).__name__}: {lines[-1]}"
+    if any(word in text for word in _OOM_WORDS):
+        use = _MEMORY_USE.search(text)
+        detail = f" (node memory {use[1]} used of {use[2]}, {float(use[3]):.0%})" if use else ""
+        return f"out of memory: Ray's memory monitor killed the trial's worker{detail}"
+    if isinstance(error, RayError):
+        return f"worker died: {lines[0]}"
+    return lines[-1]
+
+
+def _advice(error: Any) -> str:
+    """What to change after the last retry of a trial whose worker was lost (nothing for its own errors)."""
+    from ray.exceptions import RayError, RayTaskError
+
+    if isinstance(error, RayTaskError) or not isinstance(error, RayError):
+        return ""
+    if any(word in str(error) for word in _OOM_WORDS):
+        return ("; no retries left: run fewer trials at once (more resources.cpu per trial) or reserve memory "
+                "per trial (resources: {memory: 4GiB}) in the spec")  # fmt: skip
+    return "; no retries left: its node's Ray logs (raylet.out) may say why"
+
+
 def _errors(grid: Any, done: set[str], trial_of: Callable[[dict[str, Any]], Trial | None]) -> dict[str, str]:
     errored: dict[str, str] = {}
     for result in grid:
         planned = trial_of(result.config or {})
         if result.error is not None and planned is not None and planned.trial_id not in done:
-            errored[planned.trial_id] = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1]}"
+            errored[planned.trial_id] = failure_cause(result.error) + _advice(result.error)
     return errored
 
 
@@ -338,6 +533,10 @@ def _ended_without_record(grid: Any, done: set[str], trial_of: Callable[[dict[st
     return out
 
 
+def _watch(unschedulable: Unschedulable | None, timeout_s: float | None) -> list[Any]:
+    return [] if unschedulable is None or timeout_s is None else [_ScheduleWatch.make(unschedulable, timeout_s)]
+
+
 def run_trials(
     *,
     location: ExperimentLocation,
@@ -349,6 +548,8 @@ def run_trials(
     is_done: Callable[[], set[str]],
     asha: dict[str, Any] | None = None,
     on_event: OnEvent | None = None,
+    unschedulable: Unschedulable | None = None,
+    schedule_timeout: float | None = None,
 ) -> StageOutcome:
     """Runs (or resumes) one stage's trials as one Ray Tune experiment and reports what got done.
 
@@ -366,7 +567,15 @@ def run_trials(
         is_done: the trial ids our results store says are done for good.
         asha: ASHA early stopping (``metric``, ``mode``, ``grace_period``, ``reduction_factor``), or None.
         on_event: ``on_event(kind, trial, result)`` in the driver for each trial's ``started``, ``epoch``
-            (``result``: the reported metrics), ``finished`` and ``errored`` (``result["error"]``).
+            (``result``: the reported metrics), ``finished`` and ``errored`` (each failed attempt:
+            ``result["error"]`` its cause in one line, ``result["retrying"]`` whether Tune retries it). A failed
+            attempt is also recorded in the results store (``trial_lifecycle.record_failed_attempt``).
+        unschedulable, schedule_timeout: ``unschedulable(alive nodes' resources)`` says why one trial does
+            not fit them (None: it does); once it has said so for ``schedule_timeout`` seconds, the stage
+            fails (:class:`_ScheduleWatch`). None: wait for nodes with room forever.
+
+    Raises:
+        UnschedulableError: see ``schedule_timeout``.
     """
     from ray import tune
 
@@ -380,7 +589,8 @@ def run_trials(
     storage_path = location.tune
     trainable = tune.with_resources(
         tune.with_parameters(_trial_trainable, trials=by_id, location=location, kind=STAGE_KINDS.get(trials[0].kind)),
-        {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0)},
+        {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0),
+         "memory": resources.get("memory", 0)},  # bytes Ray reserves per trial (0: none)
     )  # fmt: skip
     trial_of = lambda config: by_id.get(config.get("trial_id", ""))  # noqa: E731
     epochs = max(int(t.config.get("epochs", 1)) for t in trials)
@@ -392,9 +602,12 @@ def run_trials(
             param_space={"trial_id": tune.grid_search(remaining or todo)},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
                                         scheduler=_asha(asha, epochs)),  # fmt: skip
-            run_config=_run_config(name, storage_path, retries, _Progress.make(trial_of, on_event)),
+            run_config=_run_config(name, storage_path, retries,
+                                   _Progress.make(name),
+                                   *_watch(unschedulable, schedule_timeout)),
         )  # fmt: skip
 
+    _listen(name, trial_of, on_event, _recorder(location))
     grid = _fit(f"{storage_path}/{name}", make_tuner, trainable)
     done = is_done()
     errored = _errors(grid, done, trial_of)
@@ -415,11 +628,14 @@ def run_optuna_trials(
     stage_done_count: Callable[[], int],
     asha: dict[str, Any] | None = None,
     on_event: OnEvent | None = None,
+    unschedulable: Unschedulable | None = None,
+    schedule_timeout: float | None = None,
 ) -> StageOutcome:
     """An Optuna search (``OptunaSearch``) over a grid stage's HyperCuboid grid, resumable like any stage.
 
     Each suggestion becomes a planned trial with a deterministic id (the same path twice is trained
     once). The stage is complete when ``optuna_plan.trials`` suggestions have a recorded outcome.
+    ``unschedulable`` and ``schedule_timeout`` as for :func:`run_trials`.
     """
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
@@ -435,7 +651,8 @@ def run_optuna_trials(
     storage_path = location.tune
     trainable = tune.with_resources(
         tune.with_parameters(_optuna_trainable, optuna_plan=optuna_plan, location=location),
-        {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0)},
+        {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0),
+         "memory": resources.get("memory", 0)},  # bytes Ray reserves per trial (0: none)
     )  # fmt: skip
     keys = set(optuna_plan.space())
 
@@ -453,9 +670,12 @@ def run_optuna_trials(
                 num_samples=optuna_plan.trials, max_concurrent_trials=max_concurrent,
                 scheduler=_asha(asha, int(optuna_plan.base_config.get("epochs", 1))),
             ),
-            run_config=_run_config(name, storage_path, retries, _Progress.make(trial_of, on_event)),
+            run_config=_run_config(name, storage_path, retries,
+                                   _Progress.make(name),
+                                   *_watch(unschedulable, schedule_timeout)),
         )  # fmt: skip
 
+    _listen(name, trial_of, on_event, _recorder(location))
     grid = _fit(f"{storage_path}/{name}", make_tuner, trainable)
     ids = {p.trial_id for p in (trial_of(r.config or {}) for r in grid) if p is not None}
     errored = _errors(grid, set(), trial_of)

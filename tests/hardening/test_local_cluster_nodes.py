@@ -1,14 +1,16 @@
-"""A local cluster that lost a node gets it back, and its status says when a node is dead (issue 14).
+"""A local cluster that lost a node gets it back, and the status commands say when a node is dead (issue 14).
 
 Before: `kill-worker` took a node for good (`start` refuses a state dir whose cluster runs, and there was no
 `add-node`), and `status` said `ready` with a dead node. Here, through the script's own commands: lose the
 worker node, see `status` report it dead, clean it up with `remove-node`, add a node back with `add-node`,
 remove an alive node, and check the GCS's count of alive nodes (what `ray.nodes()` reports) at each step.
+Then `nas-service status --address` (and `jobs status`) report a lost node in one line.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ import time
 import pytest
 
 from cluster import local_cluster as lc
+from nas_service.results import ResultsStore
 from tests.helpers import ROOT, free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration, pytest.mark.timeout(300)]
@@ -93,3 +96,38 @@ def test_a_lost_node_is_reported_removed_and_added_back(ray_home, tmp_path) -> N
     assert cluster.processes() == []
     refused = _cli("add-node", "--state-dir", state_dir, check=False)
     assert refused.returncode == 1 and "is stopped, not ready" in refused.stderr
+
+
+def test_nas_service_status_reports_a_lost_node(ray_home, tmp_path) -> None:
+    store = ResultsStore(str(tmp_path / "runs"), "exp")
+    store.write_experiment_record({"started_at": "2025-01-01T00:00:00Z"})
+    cluster = lc.LocalCluster(state_dir=tmp_path / "cluster", workers=1, head_cpus=1, worker_cpus=1,
+                              dashboard_port=free_port(), token=True)  # fmt: skip
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+
+    def status() -> str:
+        proc = subprocess.run([sys.executable, "-m", "nas_service.cli", "status", str(tmp_path / "runs" / "exp"),
+                               "--address", cluster.dashboard_url, "--token", cluster.token],
+                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        [line] = [line for line in proc.stdout.splitlines() if line.startswith("cluster ")]
+        return line
+
+    cluster.start()
+    try:
+        assert status() == f"cluster {cluster.dashboard_url}: 2 node(s) alive (2 CPUs, 0 GPUs), none lost"
+        cluster.kill_worker(0)
+        deadline = time.monotonic() + 60  # the GCS marks the node dead after its health checks (~3 s here)
+        while "DEAD" not in (line := status()) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert line.startswith(f"cluster {cluster.dashboard_url}: 1 node(s) alive (1 CPUs, 0 GPUs); "
+                               "1 DEAD: worker-0 on 127.0.0.1 at "), line  # fmt: skip
+        assert "health check failed" in line
+        # A node that leaves on purpose is not reported; the lost one stays listed after its replacement.
+        cluster.remove_node(0)
+        cluster.add_node()
+        cluster.remove_node(1)
+        line = status()
+        assert "1 node(s) alive" in line and "1 DEAD: worker-0 " in line and "worker-1" not in line, line
+    finally:
+        cluster.stop()
