@@ -142,15 +142,18 @@ def main() -> None:
         print(f"{row['space']:<22}{row['weighting']:<10}{row['memory_format']:<15}{row['variant']:<24}"
               f"{row['precision']:<6}{row['seconds']:>9.3f}{args.batch / row['seconds']:>9.1f}{row['base_mib']:>10.0f}"
               f"{row['peak_mib']:>10.0f}{ratio:>9.2f}")  # fmt: skip
-    if len(variants) > 1:
-        first = f"ckpt {variants[0][0]}, {variants[0][1]}"
-        print(f"\neach variant against {first!r}: time ratio, peak-memory ratio")
+    def ratios_against(key: str, first: str, title: str) -> None:
+        """Each row's time and peak-memory ratio to the row that differs only in ``key`` (= ``first``)."""
+        print(f"\neach {title} against {first!r}: time ratio, peak-memory ratio")
         for row in rows:
-            ref = same(row, variant=first)
+            ref = same(row, **{key: first})
             if ref and row is not ref:
                 print(f"  {row['space']:<22}{row['weighting']:<10}{row['memory_format']:<15}{row['variant']:<24}"
                       f"{row['precision']:<6}{row['seconds'] / ref['seconds']:.2f}  "
                       f"{row['peak_mib'] / ref['peak_mib']:.2f}")  # fmt: skip
+
+    if len(variants) > 1:
+        ratios_against("variant", f"ckpt {variants[0][0]}, {variants[0][1]}", "variant")
     if len(args.memory_formats) > 1:
         print("\nchannels_last / contiguous time ratio:")
         for r in rows:
@@ -160,14 +163,7 @@ def main() -> None:
                     print(f"  {r['space']:<22}{r['weighting']:<10}{r['variant']:<24}{r['precision']:<6}"
                           f"{r['seconds'] / c['seconds']:.2f}")  # fmt: skip
     if len(args.precisions) > 1:
-        first = args.precisions[0]
-        print(f"\neach precision against {first}: time ratio, peak-memory ratio")
-        for row in rows:
-            ref = same(row, precision=first)
-            if ref and row is not ref:
-                print(f"  {row['space']:<22}{row['weighting']:<10}{row['memory_format']:<15}{row['variant']:<24}"
-                      f"{row['precision']:<6}{row['seconds'] / ref['seconds']:.2f}  "
-                      f"{row['peak_mib'] / ref['peak_mib']:.2f}")  # fmt: skip
+        ratios_against("precision", args.precisions[0], "precision")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def test_search_step_benchmark_compares_the_variants():
     assert len(rows) == 4 and all("ckpt" in row for row in rows)
     assert {row.split()[6] for row in rows} == {"fp32", "bf16"}
     assert "each variant against 'ckpt off, polyphase'" in out
-    assert "each precision against fp32" in out
+    assert "each precision against 'fp32'" in out
 
 
 def test_search_step_benchmark_runs_the_second_order_step():
@@ -72,5 +72,5 @@ def test_gpu_check_script_runs_end_to_end_on_the_cpu_at_toy_size():
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "each precision against fp32" in done.stdout and "bf16:channels_last" in done.stdout
+    assert "each precision against 'fp32'" in done.stdout and "bf16:channels_last" in done.stdout
     assert "[cell_search] epoch 1/1" in done.stdout and "one-epoch search:" in done.stdout
