@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,6 +21,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def running_local_cluster(state_dir: Path, **sizes: int) -> Iterator[Any]:
+    """A ``cluster/local_cluster.py`` cluster with token authentication and its dashboard on a free loopback
+    port, started for the block and stopped after it (``sizes``: ``workers``, ``head_cpus``, ``worker_cpus``)."""
+    from cluster import local_cluster as lc
+
+    cluster = lc.LocalCluster(state_dir=state_dir, dashboard_port=free_port(), token=True, **sizes)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def is_loopback(ip: str) -> bool:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster import local_cluster as lc
 from nas_service.ray_runtime.jobs import PROJECT_PACKAGES, job_runtime_env, jobs_client
 from nas_service.results import ResultsStore
-from tests.helpers import ROOT, free_port, tiny_ddp_spec, tiny_search_spec
+from tests.helpers import ROOT, running_local_cluster, tiny_ddp_spec, tiny_search_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -28,13 +27,8 @@ def spec_text(storage: Path) -> str:
 
 @pytest.fixture(scope="module")
 def cluster(ray_home, tmp_path_factory):
-    c = lc.LocalCluster(state_dir=tmp_path_factory.mktemp("cluster"), workers=2, head_cpus=1, worker_cpus=2,
-                        dashboard_port=free_port(), token=True)  # fmt: skip
-    c.start()
-    try:
+    with running_local_cluster(tmp_path_factory.mktemp("cluster"), workers=2, head_cpus=1, worker_cpus=2) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def _cli(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -17,9 +17,8 @@ import time
 
 import pytest
 
-from cluster import local_cluster as lc
 from nas_service.ray_runtime.jobs import experiment_jobs, jobs_client, submit_experiment
-from tests.helpers import free_port, tiny_search_spec
+from tests.helpers import running_local_cluster, tiny_search_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -28,13 +27,8 @@ SLEEP = "python -c 'import time; time.sleep(60)'"
 
 @pytest.fixture(scope="module")
 def cluster(ray_home, tmp_path_factory):
-    c = lc.LocalCluster(state_dir=tmp_path_factory.mktemp("cluster"), workers=0, head_cpus=1,
-                        dashboard_port=free_port(), token=True)  # fmt: skip
-    c.start()
-    try:
+    with running_local_cluster(tmp_path_factory.mktemp("cluster"), workers=0, head_cpus=1) as c:
         yield c
-    finally:
-        c.stop()
 
 
 class _ListedBefore:

@@ -19,9 +19,8 @@ import urllib.request
 
 import pytest
 
-from cluster import local_cluster as lc
 from nas_service.planner import fits_on_nodes, unschedulable_reason
-from tests.helpers import free_port, tiny_search_spec
+from tests.helpers import running_local_cluster, tiny_search_spec
 
 TIMEOUT_S = 8
 
@@ -46,13 +45,8 @@ stages:
 
 @pytest.fixture(scope="module")
 def cluster(ray_home, tmp_path_factory):
-    c = lc.LocalCluster(state_dir=tmp_path_factory.mktemp("cluster"), workers=1, head_cpus=1, worker_cpus=1,
-                        dashboard_port=free_port(), token=True)  # fmt: skip
-    c.start()
-    try:
+    with running_local_cluster(tmp_path_factory.mktemp("cluster"), workers=1, head_cpus=1, worker_cpus=1) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def _run(cluster, spec) -> tuple[subprocess.CompletedProcess, float]:
