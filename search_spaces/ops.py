@@ -148,11 +148,17 @@ class _PolyphaseDepthwiseConv(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         x, weight = ctx.saved_tensors
         d, pad, nhwc = ctx.d, ctx.pad, ctx.nhwc
+        # Under autocast the forward conv ran in the autocast dtype (the grad's), on casts of the fp32 weight
+        # and maybe of x; backward runs outside autocast, so it casts as autocast did and hands each gradient
+        # back in its input's dtype (what the native conv's cast nodes would do).
+        dtype = grad.dtype
         grad_phases, grad_weight, _ = torch.ops.aten.convolution_backward(
-            _to_phases(grad, d, nhwc), _to_phases(x, d, nhwc), weight, None, [1, 1], [pad, pad], [1, 1],
-            False, [0, 0], weight.shape[0], [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
+            _to_phases(grad, d, nhwc), _to_phases(x.to(dtype), d, nhwc), weight.to(dtype), None, [1, 1],
+            [pad, pad], [1, 1], False, [0, 0], weight.shape[0],
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
         )  # fmt: skip
-        grad_x = _from_phases(grad_phases, d, nhwc) if grad_phases is not None else None
+        grad_x = _from_phases(grad_phases, d, nhwc).to(x.dtype) if grad_phases is not None else None
+        grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
         return grad_x, grad_weight, None, None, None
 
 

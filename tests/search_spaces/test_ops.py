@@ -134,6 +134,28 @@ def test_dilated_depthwise_conv_computes_what_nn_conv2d_computes(kernel, stride,
     torch.testing.assert_close(gw_fast, gw_native, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("input_dtype", [torch.float32, "autocast"], ids=["fp32_input", "low_input"])
+def test_dilated_depthwise_conv_under_autocast_matches_the_native_conv(dtype, input_dtype):
+    """Under autocast the polyphase backward casts as autocast did and returns each gradient in its input's
+    dtype (it raised "expected scalar type Half but found Float" under fp16 before)."""
+    channels, size = 4, 8
+    fast = ops_module.DepthwiseConv2d(channels, 3, stride=1, padding=2, dilation=2)
+    native = torch.nn.Conv2d(channels, channels, 3, 1, 2, dilation=2, groups=channels, bias=False)
+    native.load_state_dict(fast.state_dict())
+    x = torch.randn(2, channels, size, size, dtype=dtype if input_dtype == "autocast" else torch.float32)
+    x.requires_grad_()
+    with torch.autocast("cpu", dtype=dtype):
+        y_fast, y_native = fast(x), native(x)
+    assert y_fast.dtype == y_native.dtype == dtype
+    grad = torch.randn_like(y_native)
+    gx_fast, gw_fast = torch.autograd.grad(y_fast, (x, fast.weight), grad)
+    gx_native, gw_native = torch.autograd.grad(y_native, (x, native.weight), grad)
+    assert (gx_fast.dtype, gw_fast.dtype) == (gx_native.dtype, gw_native.dtype) == (x.dtype, torch.float32)
+    torch.testing.assert_close(gx_fast, gx_native, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(gw_fast, gw_native, rtol=5e-2, atol=5e-2)
+
+
 def test_dilated_ops_use_the_fast_depthwise_conv():
     for op_set, name in [("darts", "dil_conv_3x3"), ("darts", "dil_conv_5x5"), ("sharp", "dil_conv_5x5"),
                          ("sharp", "dil_flood_conv_3x3"), ("sharp", "dil_choke_conv_3x3")]:  # fmt: skip
