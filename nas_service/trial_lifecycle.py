@@ -58,7 +58,7 @@ class TrialEdge(Protocol):
 def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> None:
     """Runs (or resumes) one planned trial and records every epoch and its end in the results store."""
     # torch: imported where a trial runs; the planner and `nas-service plan/status` read DONE_STATUSES only.
-    from trainers.checkpoints import list_epoch_checkpoints
+    from trainers.checkpoints import epoch_of, latest_intact_checkpoint
     from trainers.engine import DivergedError, Hooks
 
     kind = STAGE_KINDS.get(trial.kind)
@@ -73,10 +73,11 @@ def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> No
     workdir = location.trial_workdir(trial.trial_id)
     workdir.mkdir(parents=True, exist_ok=True)
     edge.restore(workdir)
-    have = list_epoch_checkpoints(workdir / "checkpoints")
     # The attempt is the epoch this run starts from: a later start has a higher number, and two starts
-    # from the same checkpoint write identical rows (resume is exact), so readers dedup safely.
-    attempt = have[-1][0] if have else 0
+    # from the same checkpoint write identical rows (resume is exact), so readers dedup safely. A damaged
+    # newest checkpoint is set aside here (with a warning), so the number is that of the one resumed from.
+    have = latest_intact_checkpoint(workdir / "checkpoints")
+    attempt = epoch_of(have) if have else 0
     earlier = _earlier_attempt_seconds(store, trial.trial_id, attempt)
     started, cpu_started = time.time(), time.process_time()
 

@@ -9,10 +9,18 @@ stored in such a form by :func:`capture_rng_state`.
 Writes go to a hidden temp file in the target folder, are flushed and fsync'ed, optionally read back
 weights-only, and only then ``os.replace``'d over the target: a crash at any point leaves either the old
 checkpoint or the new one, never half a file (DESIGN.md, "writes checkpoints atomically").
+
+Every checkpoint gets a ``<name>.sha256`` beside it (``sha256sum`` format, so ``sha256sum -c`` checks it by
+hand), written after the file is in place; :func:`load_checkpoint` refuses a file whose bytes no longer
+match it. Damage that happens *after* a write (a truncating copy, a full disk, a flipped bit) is thus caught
+when the file is read, and :func:`latest_intact_checkpoint` falls back to the newest intact epoch file,
+setting the damaged one aside. A file without a sidecar (written before checksums, or a kill between the
+rename and the sidecar) is still accepted when it loads weights-only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -35,6 +43,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointVersionError",
     "CorruptCheckpointError",
+    "CheckpointFallbackWarning",
     "save_checkpoint",
     "load_checkpoint",
     "atomic_write_bytes",
@@ -46,6 +55,10 @@ __all__ = [
     "restore_rng_state",
     "list_epoch_checkpoints",
     "latest_checkpoint",
+    "latest_intact_checkpoint",
+    "epoch_of",
+    "verify_checkpoint",
+    "checksum_path",
     "write_epoch_checkpoint",
 ]
 
@@ -66,6 +79,58 @@ class CheckpointVersionError(CheckpointError):
 
 class CorruptCheckpointError(CheckpointError):
     """The file cannot be read as a weights-only torch checkpoint (truncated, garbage, unsafe objects)."""
+
+
+class CheckpointFallbackWarning(RuntimeWarning):
+    """A damaged checkpoint was set aside and an older intact one is used instead (the message names both)."""
+
+
+CHECKSUM_SUFFIX = ".sha256"
+# Set aside, not deleted: the bytes may still matter to whoever investigates; the name no longer matches
+# ``epoch_NNNN.pt``, so no reader picks it up again.
+DAMAGED_SUFFIX = ".damaged"
+
+
+def checksum_path(path: str | os.PathLike[str]) -> Path:
+    """The sidecar holding ``path``'s SHA-256 (``epoch_0003.pt`` -> ``epoch_0003.pt.sha256``)."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _recorded_sha256(path: Path) -> str | None:
+    """The digest the sidecar recorded for ``path``; None when there is no sidecar.
+
+    Raises:
+        CorruptCheckpointError: the sidecar exists but does not hold a SHA-256 hex digest.
+    """
+    sidecar = checksum_path(path)
+    try:
+        text = sidecar.read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return None
+    digest = text.split(maxsplit=1)[0] if text.strip() else ""
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise CorruptCheckpointError(f"{path}: its checksum file {sidecar.name} must hold a SHA-256 hex digest, "
+                                     f"got {text[:80]!r}")  # fmt: skip
+    return digest
+
+
+def _check_sha256(path: Path) -> None:
+    """Raises :class:`CorruptCheckpointError` when ``path``'s bytes differ from what its sidecar recorded."""
+    expected = _recorded_sha256(path)
+    if expected is None:
+        return
+    actual = _file_sha256(path)
+    if actual != expected:
+        raise CorruptCheckpointError(
+            f"{path}: SHA-256 {actual[:16]}... does not match {expected[:16]}... recorded in "
+            f"{checksum_path(path).name} when it was written: the file was damaged after the write"
+        )
 
 
 class Checkpoint(TypedDict, total=False):
@@ -189,8 +254,10 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any], *, v
     """Writes ``state`` to ``path`` atomically and stamps ``format_version``.
 
     The bytes go to a temp file beside ``path``; it is flushed and fsync'ed, read back with
-    ``weights_only=True`` when ``verify`` (memory-mapped, so cheap), and renamed over ``path``. On any
-    failure the temp file is removed and an existing ``path`` is untouched.
+    ``weights_only=True`` when ``verify`` (memory-mapped, so cheap), and renamed over ``path``; then its
+    SHA-256 goes to :func:`checksum_path` (atomically too). An old sidecar is removed before the rename, so
+    a kill never leaves a digest beside bytes it does not describe. On any failure the temp file is removed
+    and an existing ``path`` is untouched.
 
     Args:
         path: target file; its folder is created if needed.
@@ -227,7 +294,18 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any], *, v
     def write(handle: BinaryIO) -> None:
         torch.save(payload, handle)  # looked up at call time, so tests can simulate a crash mid-write
 
-    return _atomic_write(path, write, before_replace=verify_weights_only if verify else None)
+    digest: list[str] = []
+
+    def before_replace(tmp: Path) -> None:
+        if verify:
+            verify_weights_only(tmp)
+        digest.append(_file_sha256(tmp))
+        checksum_path(path).unlink(missing_ok=True)  # the old digest must not outlive the old bytes
+
+    _atomic_write(path, write, before_replace=before_replace)
+    # sha256sum's format: `sha256sum -c epoch_0003.pt.sha256` in the folder checks the file by hand.
+    atomic_write_text(checksum_path(path), f"{digest[0]}  {path.name}\n")
+    return path
 
 
 def _atomic_write(
@@ -295,13 +373,14 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
 
     Raises:
         FileNotFoundError: no such file (the message names it).
-        CorruptCheckpointError: unreadable, truncated, not a dict, or holding objects weights-only
-            loading refuses.
+        CorruptCheckpointError: its bytes differ from the SHA-256 recorded beside it, or it is unreadable,
+            truncated, not a dict, or holds objects weights-only loading refuses.
         CheckpointVersionError: no ``format_version``, or another one than :data:`CHECKPOINT_FORMAT_VERSION`.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    _check_sha256(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
@@ -525,10 +604,88 @@ def list_epoch_checkpoints(folder: str | os.PathLike[str]) -> list[tuple[int, Pa
     return sorted(found)
 
 
+def epoch_of(path: str | os.PathLike[str]) -> int:
+    """The epoch in an epoch file's name (``epoch_0003.pt`` -> 3).
+
+    Raises:
+        CheckpointError: the name is not ``epoch_NNNN.pt``.
+    """
+    match = _EPOCH_FILE.match(Path(path).name)
+    if match is None:
+        raise CheckpointError(f"{path}: not an epoch checkpoint name (epoch_NNNN.pt)")
+    return int(match.group(1))
+
+
 def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
     """The ``epoch_XXXX.pt`` with the highest epoch in ``folder``, or None when there is none."""
     found = list_epoch_checkpoints(folder)
     return found[-1][1] if found else None
+
+
+def verify_checkpoint(path: str | os.PathLike[str]) -> None:
+    """Checks that ``path`` is intact without building its tensors: its SHA-256 against the sidecar, or,
+    for a file without one, a memory-mapped weights-only read.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CorruptCheckpointError: the file is damaged (the message says how).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if _recorded_sha256(path) is not None:
+        _check_sha256(path)
+        return
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # see load_checkpoint: damage surfaces through several types
+        raise CorruptCheckpointError(
+            f"{path}: not a readable weights-only checkpoint ({type(err).__name__}: {_first_line(err)})"
+        ) from err
+
+
+def set_aside_damaged(path: str | os.PathLike[str]) -> Path:
+    """Renames a damaged checkpoint (and its sidecar) to ``<name>.damaged`` so no reader takes it again."""
+    path = Path(path)
+    target = path.with_name(path.name + DAMAGED_SUFFIX)
+    os.replace(path, target)
+    sidecar = checksum_path(path)
+    if sidecar.exists():
+        os.replace(sidecar, checksum_path(target))
+    return target
+
+
+def latest_intact_checkpoint(
+    folder: str | os.PathLike[str], *, log: Callable[[str], None] | None = None
+) -> Path | None:
+    """The newest ``epoch_XXXX.pt`` in ``folder`` that :func:`verify_checkpoint` accepts, or None.
+
+    Damaged newer files are set aside (:func:`set_aside_damaged`) with a :class:`CheckpointFallbackWarning`
+    naming the damaged file and the one used instead, so a run resumes from the newest intact epoch rather
+    than failing on every retry; with none intact, the run starts over (the warning says so).
+
+    Args:
+        log: also receives the warning's text (e.g. the training log).
+    """
+    damaged: list[str] = []
+    chosen = None
+    for _, path in reversed(list_epoch_checkpoints(folder)):
+        try:
+            verify_checkpoint(path)
+        except CorruptCheckpointError as err:
+            damaged.append(f"{path.name} ({_first_line(err).removeprefix(f'{path}: ')})")
+            set_aside_damaged(path)
+            continue
+        chosen = path
+        break
+    if damaged:
+        instead = f"resuming from {chosen.name} instead" if chosen else "no intact checkpoint left: starting over"
+        message = (f"damaged checkpoint(s) in {folder} set aside as *{DAMAGED_SUFFIX}: {'; '.join(damaged)}; "
+                   f"{instead}")  # fmt: skip
+        warnings.warn(message, CheckpointFallbackWarning, stacklevel=2)
+        if log is not None:
+            log(message)
+    return chosen
 
 
 def write_epoch_checkpoint(
@@ -567,15 +724,29 @@ def write_epoch_checkpoint(
         older = [p for n, p in list_epoch_checkpoints(folder) if n < epoch]
         for stale in older[: max(0, len(older) - (keep_last - 1))]:
             stale.unlink(missing_ok=True)
+            checksum_path(stale).unlink(missing_ok=True)
     return path
 
 
+def _copy_with_sidecar(source: Path, target: Path) -> None:
+    """Copies a checkpoint and its checksum sidecar; the target never pairs old bytes with a new digest
+    (its old sidecar goes first, the new one comes last) and never holds half a file (temp + rename)."""
+    checksum_path(target).unlink(missing_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copy2(source, tmp)
+    os.replace(tmp, target)
+    if checksum_path(source).exists():
+        shutil.copy2(checksum_path(source), checksum_path(target))
+
+
 def copy_run_files(source: str | os.PathLike[str], workdir: str | os.PathLike[str], *, only_if_newer: bool = False) -> int:
-    """Copies the newest ``epoch_XXXX.pt`` (into ``workdir/checkpoints/``) and ``best.pt`` of ``source``.
+    """Copies the newest ``epoch_XXXX.pt`` (into ``workdir/checkpoints/``) and ``best.pt`` of ``source``,
+    each with its checksum sidecar.
 
     ``source`` is a folder laid out flat (a Ray checkpoint's directory). The epoch file lands under a
     temp name and is renamed, so a kill never leaves half a checkpoint. With ``only_if_newer`` nothing is
-    copied unless ``source``'s epoch is newer than the newest one already in ``workdir``.
+    copied unless ``source``'s epoch is newer than the newest *intact* one already in ``workdir`` (a damaged
+    newest file there is set aside, so an intact copy of the same epoch replaces it).
 
     Returns:
         the epoch of the copied file, or 0 when nothing was copied.
@@ -585,23 +756,24 @@ def copy_run_files(source: str | os.PathLike[str], workdir: str | os.PathLike[st
         return 0
     epoch, path = latest[-1]
     target = Path(workdir) / "checkpoints"
-    have = list_epoch_checkpoints(target)
-    if only_if_newer and have and have[-1][0] >= epoch:
+    have = latest_intact_checkpoint(target) if only_if_newer else None
+    if have is not None and epoch_of(have) >= epoch:
         return 0
     target.mkdir(parents=True, exist_ok=True)
-    tmp = target / f".{path.name}.tmp"
-    shutil.copy2(path, tmp)
-    os.replace(tmp, target / path.name)
+    _copy_with_sidecar(path, target / path.name)
     if (Path(source) / "best.pt").exists():
-        shutil.copy2(Path(source) / "best.pt", Path(workdir) / "best.pt")
+        _copy_with_sidecar(Path(source) / "best.pt", Path(workdir) / "best.pt")
     return epoch
 
 
 def stage_run_files(checkpoint: str | os.PathLike[str], workdir: str | os.PathLike[str], into: str | os.PathLike[str]) -> Path:
-    """Lays out one epoch file and the run's ``best.pt`` flat in ``into`` (what a Ray checkpoint holds)."""
+    """Lays out one epoch file and the run's ``best.pt`` flat in ``into`` (what a Ray checkpoint holds),
+    each with its checksum sidecar."""
     folder = Path(into)
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(checkpoint, folder / Path(checkpoint).name)
-    if (Path(workdir) / "best.pt").exists():
-        shutil.copy2(Path(workdir) / "best.pt", folder / "best.pt")
+    for source in (Path(checkpoint), Path(workdir) / "best.pt"):
+        if source.exists():
+            shutil.copy2(source, folder / source.name)
+            if checksum_path(source).exists():
+                shutil.copy2(checksum_path(source), folder / checksum_path(source).name)
     return folder

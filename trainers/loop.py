@@ -15,7 +15,7 @@ from torch import nn
 
 from .checkpoints import (
     capture_rng_state,
-    latest_checkpoint,
+    latest_intact_checkpoint,
     load_checkpoint,
     restore_rng_state,
     write_epoch_checkpoint,
@@ -75,7 +75,8 @@ def run_epochs(
     config_dict = config_to_dict(config)
     history: list[dict[str, Any]] = []
     start = 0
-    latest = latest_checkpoint(checkpoint_dir)
+    # A damaged newest file (checksum mismatch, truncation) is set aside with a warning naming both files.
+    latest = latest_intact_checkpoint(checkpoint_dir, log=hooks.log)
     if latest is not None:
         state = load_checkpoint(latest)
         if not same_computation(state["config"], config_dict):

@@ -285,12 +285,12 @@ def ddp_run_name(trial_id: str, config: Any) -> str:
 def _finished_summary(config: Any, workdir: Path) -> dict[str, Any] | None:
     """The summary of a run whose final epoch checkpoint is already in ``workdir`` (else None)."""
     from search_spaces.networks import count_parameters
-    from trainers.checkpoints import latest_checkpoint, load_checkpoint
+    from trainers.checkpoints import latest_intact_checkpoint, load_checkpoint
     from trainers.config import config_to_dict
     from trainers.identity import same_computation
     from trainers.retrain import build_model, summarize_retrain
 
-    latest = latest_checkpoint(workdir / "checkpoints")
+    latest = latest_intact_checkpoint(workdir / "checkpoints")
     if latest is None:
         return None
     state = load_checkpoint(latest)

@@ -21,7 +21,12 @@ from trainers.checkpoints import (
     atomic_write_bytes,
     atomic_write_text,
     capture_rng_state,
+    checksum_path,
+    copy_run_files,
     latest_checkpoint,
+    latest_intact_checkpoint,
+    stage_run_files,
+    verify_checkpoint,
     list_epoch_checkpoints,
     load_checkpoint,
     make_checkpoint_state,
@@ -164,8 +169,8 @@ def test_failed_save_keeps_previous_checkpoint_and_leaves_no_temp_file(tmp_path,
     monkeypatch.setattr(torch, "save", real_save)
 
     assert path.read_bytes() == before
-    assert load_checkpoint(path)["epoch"] == 1
-    assert os.listdir(tmp_path) == ["run.pt"]
+    assert load_checkpoint(path)["epoch"] == 1  # the old bytes still match the old digest
+    assert sorted(os.listdir(tmp_path)) == ["run.pt", "run.pt.sha256"]
 
 
 def test_unsafe_objects_fail_at_save_not_at_resume(tmp_path):
@@ -175,7 +180,7 @@ def test_unsafe_objects_fail_at_save_not_at_resume(tmp_path):
     with pytest.raises(CorruptCheckpointError, match=r"weights_only=True .*numpy.*float\(x\) for numpy scalars"):
         save_checkpoint(target, {**good, "epoch": 1, "extra": {"best": np.float64(0.5)}})
     assert load_checkpoint(target)["epoch"] == 0
-    assert os.listdir(tmp_path) == ["run.pt"]
+    assert sorted(os.listdir(tmp_path)) == ["run.pt", "run.pt.sha256"]
 
 
 def test_atomic_text_and_bytes(tmp_path, monkeypatch):
@@ -215,12 +220,19 @@ def test_version_mismatch(tmp_path):
         pytest.param(lambda data: data[:64] + bytes(64) + data[128:], id="zeroed_header"),
     ],
 )
-def test_corrupt_file_names_the_path(tmp_path, damage):
+@pytest.mark.parametrize("checksum", [True, False], ids=["checksummed", "no_sidecar"])
+def test_corrupt_file_names_the_path(tmp_path, damage, checksum):
     state = {"kind": "retrain", "epoch": 1, "model": {"w": torch.ones(64)}}
     path = save_checkpoint(tmp_path / "epoch_0001.pt", state)
+    if not checksum:  # written before checksums existed: the weights-only read still catches the damage
+        checksum_path(path).unlink()
     path.write_bytes(damage(path.read_bytes()))
-    with pytest.raises(CorruptCheckpointError, match=rf"{path}: not a readable weights-only checkpoint"):
+    rule = "SHA-256 .* does not match .* recorded in epoch_0001.pt.sha256" if checksum else \
+        "not a readable weights-only checkpoint"
+    with pytest.raises(CorruptCheckpointError, match=rf"{path}: {rule}"):
         load_checkpoint(path)
+    with pytest.raises(CorruptCheckpointError, match=rf"{path}: {rule}"):
+        verify_checkpoint(path)
 
 
 def test_missing_file_names_the_path(tmp_path):
@@ -275,11 +287,12 @@ def test_write_epoch_checkpoint_prunes_after_writing(tmp_path):
         path = write_epoch_checkpoint(folder, epoch, _state(model, optimizers, epoch=epoch), keep_last=2)
         assert path == folder / f"epoch_{epoch:04d}.pt"
         assert latest_checkpoint(folder) == path
-    assert sorted(p.name for p in folder.iterdir()) == ["epoch_0004.pt", "epoch_0005.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch_0004.pt", "epoch_0004.pt.sha256",
+                                                         "epoch_0005.pt", "epoch_0005.pt.sha256"]
     assert load_checkpoint(latest_checkpoint(folder))["epoch"] == 5
 
     write_epoch_checkpoint(folder, 6, _state(model, optimizers, epoch=6), keep_last=1)
-    assert [p.name for p in folder.iterdir()] == ["epoch_0006.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch_0006.pt", "epoch_0006.pt.sha256"]
     write_epoch_checkpoint(folder, 7, _state(model, optimizers, epoch=7), keep_last=None)
     assert [n for n, _ in list_epoch_checkpoints(folder)] == [6, 7]
 
@@ -295,7 +308,7 @@ def test_pruning_never_runs_when_the_write_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OSError):
         write_epoch_checkpoint(tmp_path, 3, _state(model, optimizers, epoch=3), keep_last=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
+    assert [n for n, _ in list_epoch_checkpoints(tmp_path)] == [1, 2]
 
 
 def test_latest_checkpoint_orders_numerically_and_ignores_other_files(tmp_path):
@@ -360,3 +373,53 @@ def test_cuda_rng_round_trip(tmp_path):
     torch.cuda.manual_seed_all(1234)
     restore_rng_state(load_checkpoint(path)["rng"])
     torch.testing.assert_close(torch.rand(4, device="cuda"), first, rtol=0, atol=0)
+
+
+def test_latest_intact_checkpoint_sets_damaged_files_aside_and_names_both(tmp_path):
+    model, optimizers = _setup()
+    for epoch in (1, 2, 3):
+        write_epoch_checkpoint(tmp_path, epoch, _state(model, optimizers, epoch=epoch), keep_last=None)
+    (tmp_path / "epoch_0003.pt").write_bytes(b"")  # truncated to nothing, and (older files) no sidecar
+    checksum_path(tmp_path / "epoch_0003.pt").unlink()
+    (tmp_path / "epoch_0002.pt.sha256").write_text("0" * 64 + "  epoch_0002.pt\n")  # digest says: changed
+    logged = []
+    with pytest.warns(ck.CheckpointFallbackWarning) as caught:
+        assert latest_intact_checkpoint(tmp_path, log=logged.append) == tmp_path / "epoch_0001.pt"
+    message = str(caught[0].message)
+    assert "epoch_0003.pt (not a readable" in message and "epoch_0002.pt (SHA-256" in message
+    assert "resuming from epoch_0001.pt instead" in message and logged == [message]
+    assert [n for n, _ in list_epoch_checkpoints(tmp_path)] == [1]
+    assert (tmp_path / "epoch_0003.pt.damaged").exists() and (tmp_path / "epoch_0002.pt.damaged.sha256").exists()
+    (tmp_path / "epoch_0001.pt").write_bytes(b"junk")
+    with pytest.warns(ck.CheckpointFallbackWarning, match="no intact checkpoint left: starting over"):
+        assert latest_intact_checkpoint(tmp_path) is None
+
+
+def test_a_checkpoint_without_sidecar_still_loads(tmp_path):
+    """Files written before checksums (or a kill between the rename and the sidecar) are still resumable."""
+    path = save_checkpoint(tmp_path / "epoch_0001.pt", {"kind": "retrain", "epoch": 1, "model": {"w": torch.ones(3)}})
+    assert checksum_path(path).read_text().split() == [ck._file_sha256(path), "epoch_0001.pt"]
+    checksum_path(path).unlink()
+    verify_checkpoint(path)
+    assert load_checkpoint(path)["epoch"] == 1 and latest_intact_checkpoint(tmp_path) == path
+
+
+def test_malformed_sidecar_counts_as_damage(tmp_path):
+    path = save_checkpoint(tmp_path / "epoch_0001.pt", {"kind": "retrain", "epoch": 1, "model": {}})
+    checksum_path(path).write_text("not a digest")
+    with pytest.raises(CorruptCheckpointError, match=r"epoch_0001.pt.sha256 must hold a SHA-256 hex digest"):
+        load_checkpoint(path)
+
+
+def test_copy_run_files_replaces_a_damaged_newest_file_with_an_intact_copy(tmp_path):
+    """A scheduler's copy of the same epoch beats falling back one epoch."""
+    model, optimizers = _setup()
+    source, workdir = tmp_path / "ray_checkpoint", tmp_path / "trial"
+    written = write_epoch_checkpoint(workdir / "checkpoints", 2, _state(model, optimizers, epoch=2))
+    stage_run_files(written, workdir, source)
+    assert sorted(p.name for p in source.iterdir()) == ["epoch_0002.pt", "epoch_0002.pt.sha256"]
+    assert copy_run_files(source, workdir, only_if_newer=True) == 0  # the same epoch, intact: nothing to do
+    written.write_bytes(written.read_bytes()[:100])
+    with pytest.warns(ck.CheckpointFallbackWarning):
+        assert copy_run_files(source, workdir, only_if_newer=True) == 2
+    assert load_checkpoint(workdir / "checkpoints" / "epoch_0002.pt")["epoch"] == 2

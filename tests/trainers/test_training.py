@@ -10,7 +10,7 @@ import torch
 
 from search_spaces.spaces import list_search_spaces
 from search_spaces.weighting import list_weightings
-from trainers.checkpoints import latest_checkpoint, list_epoch_checkpoints
+from trainers.checkpoints import CheckpointFallbackWarning, latest_checkpoint, list_epoch_checkpoints
 from trainers.config import ConfigError, config_from_dict, get_recipe, with_overrides
 from trainers.engine import DivergedError, Hooks
 from trainers.loop import ResumeMismatchError
@@ -112,6 +112,29 @@ def test_resume_continues_the_same_trajectory(kind, precision, tmp_path):
     assert {h["precision"] for h in resumed["history"]} == {precision}
     # Only the last epochs' checkpoints are kept.
     assert [e for e, _ in list_epoch_checkpoints(tmp_path / "resumed" / "checkpoints")] == [2, 3]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit_flip"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(damage, tmp_path):
+    """Issue 17 item 2: before, a truncated newest epoch file failed every resume (and every retry)."""
+    config = with_overrides(get_recipe("digits_retrain"), {"epochs": 3, "max_steps_per_epoch": 3})
+    straight = run_retrain(config, workdir=tmp_path / "straight")
+    run_retrain(config, workdir=tmp_path / "resumed", hooks=_StopAfter(2).hooks())
+    folder = tmp_path / "resumed" / "checkpoints"
+    newest = folder / "epoch_0002.pt"
+    data = bytearray(newest.read_bytes())
+    if damage == "truncated":
+        newest.write_bytes(bytes(data[: len(data) // 3]))
+    else:  # a flipped bit in tensor bytes: torch.load reads it without complaint, the checksum does not
+        data[len(data) // 2] ^= 0x10
+        newest.write_bytes(bytes(data))
+    lines = []
+    with pytest.warns(CheckpointFallbackWarning, match=r"epoch_0002.pt .*resuming from epoch_0001.pt instead"):
+        resumed = run_retrain(config, workdir=tmp_path / "resumed", hooks=Hooks(log=lines.append))
+    assert any("resuming from epoch_0001.pt" for line in lines) and any("at epoch 1/3" in line for line in lines)
+    assert _without_timing(resumed["history"]) == _without_timing(straight["history"])
+    assert (folder / "epoch_0002.pt.damaged").exists()  # set aside, not deleted
+    assert [e for e, _ in list_epoch_checkpoints(folder)] == [2, 3]
 
 
 def test_finished_run_is_not_repeated(tmp_path):
