@@ -208,6 +208,10 @@ def run_experiment(
         "spec": spec.model_dump(mode="json", by_alias=True), "spec_path": spec_path, "started_at": utc(None, "started_at"),
         "code_version": package_versions()["code"], "versions": package_versions(),
     })  # fmt: skip
+    from .store_repair import repair_store  # torch when a checkpoint must be read: only once a run starts
+
+    for note in repair_store(store, location):  # damage a kill cannot cause, healed before anything is judged
+        out(f"repaired: {note}")
     upstream = upstream_from_store(store)
     outcome = RunOutcome(complete=True)
     view = ProgressView(out, live=live_progress)
@@ -271,6 +275,8 @@ def run_experiment(
                 )  # fmt: skip
         finally:
             view.stop()
+        for note in result.repaired:
+            out(f"[{stage.name}] repaired: {note}")
         for trial in result.stopped_early.values():
             if record_stopped_early(store, trial):
                 out(f"[{stage.name}] {trial.trial_id} stopped early by ASHA (recorded with its epochs so far)")

@@ -91,6 +91,8 @@ EXPERIMENT_RECORD = "_experiment.json"
 # (when the experiment is complete, or `nas-service compact`). It holds exactly the deduplicated rows of the
 # parts it replaces, so while both exist (a kill between writing it and deleting them) readers get the same rows.
 COMPACTED = "compacted.parquet"
+# Unreadable parts a rerun set aside (nas_service.store_repair); hidden from readers by the leading "_".
+DAMAGED_FOLDER = "_damaged"
 
 TABLES = ("epochs", "trials")
 STATUSES = ("finished", "diverged", "errored")
@@ -690,6 +692,29 @@ class ResultsStore:
         """Trials done for good (status in :data:`TERMINAL_STATUSES`: finished, or diverged which is not
         retried), i.e. the ones a resumed run must not start again. Errored trials are not included."""
         return {t for t, status in self.trial_statuses().items() if status in TERMINAL_STATUSES}
+
+    def unreadable_parts(self, table: TableName) -> list[tuple[str, str]]:
+        """``(path, why)`` of each part of ``table`` that exists but is not readable Parquet (truncated,
+        zeroed, garbage). Foreign files (readable, but not this table's) are not included: they are someone
+        else's, reported and skipped by :meth:`read_table`, never moved."""
+        paths = self.part_paths(table)
+        found = []
+        for path, part in zip(paths, self._load(table, paths)):
+            if isinstance(part, Exception) and not isinstance(part, ResultsError):
+                if self.filesystem.get_file_info(path).type == pafs.FileType.File:  # not compacted away meanwhile
+                    found.append((path, str(part).splitlines()[0] if str(part) else type(part).__name__))
+        return found
+
+    def set_aside(self, path: str) -> str:
+        """Moves a part to ``results/_damaged/`` (same relative path; readers skip ``_`` folders), so its
+        bytes are kept for whoever investigates while no reader or compaction trips over it again."""
+        if not path.startswith(self.root + "/"):
+            raise ResultsError(f"set_aside: {path!r} is not under this store's results folder {self.root!r}")
+        target = _join(self.root, DAMAGED_FOLDER, path[len(self.root) + 1:])
+        folder = target.rpartition("/")[0]
+        self.filesystem.create_dir(folder, recursive=True)
+        self.filesystem.move(path, target)
+        return target
 
     # ---- compaction
 

@@ -81,7 +81,11 @@ def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> No
     earlier = _earlier_attempt_seconds(store, trial.trial_id, attempt)
     started, cpu_started = time.time(), time.process_time()
 
+    reported = False
+
     def report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        nonlocal reported
+        reported = True
         store.write_epoch(trial.trial_id, attempt, {"stage": trial.stage, "seed": trial.seed, **metrics})
         edge.report(metrics, checkpoint, workdir)
         _maybe_inject_fault(trial.trial_id, int(metrics["epoch"]))
@@ -118,7 +122,7 @@ def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> No
     store.write_trial(trial.trial_id, attempt, row(summary, "finished"))
     # The trial has ended: its one-row parts become one part per table (a kill here loses nothing).
     store.compact_trial(trial.trial_id)
-    if not summary.get("history") or summary.get("epochs_run") == 0:
+    if not reported:  # finished from its last checkpoint: the scheduler still hears of it (and its config)
         edge.report({"done": 1}, None, workdir)
 
 

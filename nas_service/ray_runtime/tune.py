@@ -139,6 +139,7 @@ class StageOutcome:
     pending: set[str]
     interrupted: bool
     stopped_early: dict[str, Trial] = field(default_factory=dict)
+    repaired: list[str] = field(default_factory=list)  # where Tune's state disagreed with the store, and what was done
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -378,27 +379,38 @@ logger = logging.getLogger(__name__)
 _LOST_CHECKPOINT = "does not exist on storage anymore"
 
 
-def _fit(path: str, make_tuner: Callable[[], Any], trainable: Any) -> Any:
-    """Resumes the stage's Tune experiment, or starts it.
+def _fit(path: str, make_tuner: Callable[[], Any], trainable: Any,
+         unrecorded: Callable[[Any], list[str]] = lambda grid: []) -> tuple[Any, list[str]]:  # fmt: skip
+    """Resumes the stage's Tune experiment, or starts it; returns the result grid and what was repaired.
 
-    Tune snapshots its state every few seconds and deletes a trial's older checkpoint when a newer one
-    lands (num_to_keep=1): a kill between the two leaves state that names a deleted checkpoint, and every
-    restore of that trial fails. Tune's state is only a cache here (the results store and the trials' own
-    checkpoints say what is done and where each trial stands), so it is dropped and the remaining trials
-    start in a fresh Tune run, resuming from their own checkpoints.
+    Tune's state is only a cache here (the results store and the trials' own checkpoints say what is done
+    and where each trial stands), so where it disagrees with them it is dropped and the remaining trials
+    start in a fresh Tune run, resuming from their own checkpoints:
+
+    - Tune snapshots its state every few seconds and deletes a trial's older checkpoint when a newer one
+      lands (num_to_keep=1): a kill between the two leaves state that names a deleted checkpoint, and every
+      restore of that trial fails.
+    - ``unrecorded(grid)``: trials the restored state calls ended while the store has no row for them (a
+      lost or unreadable trial row): a restore never runs them again, so the stage could never complete.
     """
     from ray import tune
 
     _count_lost_workers_as_trial_failures()
     if not tune.Tuner.can_restore(path):
-        return make_tuner().fit()
+        return make_tuner().fit(), []
     grid = tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
-    if not any(r.error is not None and _LOST_CHECKPOINT in str(r.error) for r in grid):
-        return grid
-    logger.warning("Tune's saved state at %s names checkpoints a kill deleted; starting its trials afresh from "
-                   "their own checkpoints", path)  # fmt: skip
+    if any(r.error is not None and _LOST_CHECKPOINT in str(r.error) for r in grid):
+        note = "Tune's saved state names checkpoints a kill deleted"
+    else:
+        missing = unrecorded(grid)
+        if not missing:
+            return grid, []
+        note = (f"Tune's saved state leaves {len(missing)} trial(s) neither errored nor recorded in the results store "
+                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")  # fmt: skip
+    note += "; dropped it: those trials run again from their own checkpoints"
+    logger.warning("%s (%s)", note, path)
     _forget_tune_state(path)
-    return make_tuner().fit()
+    return make_tuner().fit(), [note]
 
 
 def _forget_tune_state(path: str) -> None:
@@ -607,14 +619,25 @@ def run_trials(
                                    *_watch(unschedulable, schedule_timeout)),
         )  # fmt: skip
 
+    def unrecorded(grid: Any) -> list[str]:
+        """Trials to run that a restored run left neither done nor errored: Tune ended them without our row
+        (a row lost since), or its state does not hold them at all (a fresh run after a dropped state held
+        only the trials left then). With ASHA, a trial that ended without a row was stopped early: it is
+        recorded from its epochs instead."""
+        if asha:
+            return []
+        done = is_done()
+        errored = _errors(grid, done, trial_of)
+        return sorted(t for t in todo if t not in done and t not in errored)
+
     _listen(name, trial_of, on_event, _recorder(location))
-    grid = _fit(f"{storage_path}/{name}", make_tuner, trainable)
+    grid, repaired = _fit(f"{storage_path}/{name}", make_tuner, trainable, unrecorded)
     done = is_done()
     errored = _errors(grid, done, trial_of)
     stopped = _ended_without_record(grid, done, trial_of) if asha else {}
     pending = {t for t in by_id if t not in done and t not in errored and t not in stopped}
     return StageOutcome(done=done & set(by_id), errored=errored, pending=pending, interrupted=bool(pending),
-                        stopped_early=stopped)  # fmt: skip
+                        stopped_early=stopped, repaired=repaired)  # fmt: skip
 
 
 def run_optuna_trials(
@@ -676,8 +699,9 @@ def run_optuna_trials(
         )  # fmt: skip
 
     _listen(name, trial_of, on_event, _recorder(location))
-    grid = _fit(f"{storage_path}/{name}", make_tuner, trainable)
+    grid, repaired = _fit(f"{storage_path}/{name}", make_tuner, trainable)
     ids = {p.trial_id for p in (trial_of(r.config or {}) for r in grid) if p is not None}
     errored = _errors(grid, set(), trial_of)
     stopped = _ended_without_record(grid, set(), trial_of)
-    return StageOutcome(done=ids, errored=errored, pending=set(), interrupted=False, stopped_early=stopped)
+    return StageOutcome(done=ids, errored=errored, pending=set(), interrupted=False, stopped_early=stopped,
+                        repaired=repaired)  # fmt: skip
