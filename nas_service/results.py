@@ -41,6 +41,8 @@ from typing import Any, Literal
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -295,26 +297,16 @@ def _target_type(types: list[pa.DataType]) -> pa.DataType:
     return pa.string()  # mixed kinds (e.g. bool and text): text keeps every value readable
 
 
-def _unify(table: str, parts: list[pa.Table]) -> pa.Table:
-    """Concatenate parts whose columns differ: the union of columns, missing ones null, types reconciled."""
+def _unified_schema(table: str, schemas: Iterable[pa.Schema]) -> pa.Schema:
+    """One schema for parts whose columns differ: the union of columns in the table's order, each column's
+    type reconciled by :func:`_target_type`; the store's metadata (schema version, table) attached."""
     types: dict[str, list[pa.DataType]] = {name: [typ] for name, typ in _FIXED[table]}
-    for part in parts:
-        for field in part.schema:
+    for schema in schemas:
+        for field in schema:
             types.setdefault(field.name, []).append(field.type)
     target = {name: _target_type(ts) for name, ts in types.items()}
-    order = _dynamic_order(table, target)
-    schema = pa.schema([pa.field(name, target[name]) for name in order])
-    aligned = []
-    for part in parts:
-        columns = []
-        for field in schema:
-            if field.name in part.column_names:
-                column = part.column(field.name)
-                columns.append(column if column.type == field.type else column.cast(field.type))
-            else:
-                columns.append(pa.nulls(part.num_rows, field.type))
-        aligned.append(pa.Table.from_arrays(columns, schema=schema))
-    return pa.concat_tables(aligned) if aligned else schema.empty_table()
+    return pa.schema([pa.field(name, target[name]) for name in _dynamic_order(table, target)],
+                     metadata={_META_VERSION: str(RESULTS_SCHEMA_VERSION).encode(), _META_TABLE: table.encode()})
 
 
 def _pandas_type(typ: pa.DataType) -> Any:
@@ -611,12 +603,19 @@ class ResultsStore:
         return sorted(paths)
 
     def read_table(self, table: TableName, *, trial_ids: Iterable[str] | None = None,
+                   stages: Iterable[str] | None = None,
                    on_bad_part: Literal["warn", "raise"] = "warn") -> pa.Table:  # fmt: skip
-        """Every visible part of `table`, concatenated (not deduplicated) with the union of columns.
+        """Every visible part of `table`, concatenated (not deduplicated) in one unified schema.
+
+        Read with :mod:`pyarrow.dataset`: each part's footer is read once (concurrently: an object store
+        answers each request with latency), the parts' schemas are unified (the union of columns, types
+        reconciled), and the trial and stage filters are pushed down to the row groups, so only the asked
+        rows of a table-wide compacted file are decoded.
 
         Args:
             table: ``"epochs"`` or ``"trials"``.
-            trial_ids: only these trials.
+            trial_ids: only these trials (and only their folders are listed).
+            stages: only these stages' rows.
             on_bad_part: an unreadable part (e.g. truncated on a file system without atomic writes), or a
                 foreign one (a Parquet file without the table's identity columns, or marked as the other
                 table's), is skipped with a :class:`ResultsWarning` (``"warn"``) or raises (``"raise"``).
@@ -627,61 +626,91 @@ class ResultsStore:
         if on_bad_part not in ("warn", "raise"):
             raise ResultsError(f"on_bad_part must be 'warn' or 'raise', got {on_bad_part!r}")
         wanted = None if trial_ids is None else sorted(set(trial_ids))
+        rows = None if wanted is None else pc.field("trial_id").isin(wanted)
+        if stages is not None:
+            in_stages = pc.field("stage").isin(sorted(set(stages)))
+            rows = in_stages if rows is None else rows & in_stages
         for _ in range(5):
             paths = self.part_paths(table, trial_ids=wanted)
-            loaded = self._load(table, paths, wanted)
-            gone = [p for p, part in zip(paths, loaded) if isinstance(part, Exception)
-                    and self.filesystem.get_file_info(p).type == pafs.FileType.NotFound]  # fmt: skip
-            if not gone:
-                break
-            # A compaction deleted them after we listed: their rows are in the part it wrote; list again.
-        else:
-            raise ResultsError(f"results parts kept vanishing while being read (a compaction loop?): {gone[:3]}")
-        parts = []
-        for path, part in zip(paths, loaded):
-            if isinstance(part, Exception):
-                if on_bad_part == "raise":
-                    rule = f"must be a readable Parquet file of the {table} table"
-                    raise ResultsError(f"results part {path!r} {rule}: {part}") from part
-                warnings.warn(f"skipping results part {path!r}: {part}", ResultsWarning, stacklevel=2)
-                continue
-            _check_version(path, part)
-            parts.append(part)
-        return _unify(table, parts) if parts else _empty(table)
-
-    def _load(self, table: str, paths: list[str], wanted: list[str] | None = None) -> list[pa.Table | Exception]:
-        """Each part, or the error reading it. Parts are tiny and an object store answers each GET with
-        latency: they are read concurrently. ``wanted``: only these trials' rows of the table-wide part."""
-        table_wide = _join(self.root, table, COMPACTED)
-
-        def read(path: str) -> pa.Table | Exception:
+            found = self._fragments(table, paths)
             try:
-                with self.filesystem.open_input_file(path) as f:
-                    if wanted is not None and path == table_wide:  # only the asked trials' row groups and rows
-                        part = pq.read_table(f, filters=[("trial_id", "in", wanted)])
-                    else:
-                        part = pq.read_table(f)
+                return self._scan(table, paths, found, rows, on_bad_part)
+            except FileNotFoundError:
+                pass  # a compaction deleted parts after we listed them: their rows are in the part it wrote
+        raise ResultsError(f"results parts of {table} kept vanishing while being read (a compaction loop?)")
+
+    def _fragments(self, table: str, paths: list[str]) -> list[ds.ParquetFileFragment | Exception]:
+        """Each part as a dataset fragment with its footer read (concurrently), or the error reading it
+        (a foreign part: the :class:`ResultsError` saying why; a part gone meanwhile: FileNotFoundError)."""
+        parquet = ds.ParquetFileFormat()
+
+        def footer(path: str) -> ds.ParquetFileFragment | Exception:
+            try:
+                fragment = parquet.make_fragment(path, filesystem=self.filesystem)
+                fragment.ensure_complete_metadata()
             except (pa.ArrowException, OSError) as err:
+                if self.filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+                    return FileNotFoundError(path)
                 return err
-            return _foreign(table, part) or part
+            return _foreign(table, fragment.physical_schema) or fragment
 
         with ThreadPoolExecutor(max_workers=max(1, min(16, len(paths)))) as pool:
-            return list(pool.map(read, paths))
+            return list(pool.map(footer, paths))
 
-    def epochs(self, *, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    def _scan(self, table: str, paths: list[str], found: list[Any], rows: Any, on_bad_part: str) -> pa.Table:
+        """The rows of the readable fragments matching ``rows`` (a dataset filter), in one schema."""
+        if any(isinstance(f, FileNotFoundError) for f in found):
+            raise FileNotFoundError("a part vanished")
+        good: list[tuple[str, ds.ParquetFileFragment]] = []
+        for path, fragment in zip(paths, found):
+            if isinstance(fragment, Exception):
+                self._bad_part(table, path, fragment, on_bad_part)
+            else:
+                _check_version(path, fragment)
+                good.append((path, fragment))
+        if not good:
+            return _empty(table)
+        schema = _unified_schema(table, (f.physical_schema for _, f in good))
+
+        def scan(fragments: list[ds.ParquetFileFragment]) -> pa.Table:
+            dataset = ds.FileSystemDataset(fragments, schema, ds.ParquetFileFormat(), self.filesystem)
+            return dataset.to_table(filter=rows)
+
+        try:
+            return scan([f for _, f in good])
+        except (pa.ArrowException, OSError):
+            pass  # damage past a footer (a data page): find the part that has it, one part at a time
+        parts = []
+        for path, fragment in good:
+            try:
+                parts.append(scan([fragment]))
+            except (pa.ArrowException, OSError) as err:
+                if self.filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+                    raise FileNotFoundError(path) from err
+                self._bad_part(table, path, err, on_bad_part)
+        return pa.concat_tables(parts) if parts else _empty(table)
+
+    @staticmethod
+    def _bad_part(table: str, path: str, err: Exception, on_bad_part: str) -> None:
+        if on_bad_part == "raise":
+            rule = f"must be a readable Parquet file of the {table} table"
+            raise ResultsError(f"results part {path!r} {rule}: {err}") from err
+        warnings.warn(f"skipping results part {path!r}: {err}", ResultsWarning, stacklevel=4)
+
+    def epochs(self, *, trial_ids: Iterable[str] | None = None, stages: Iterable[str] | None = None) -> pd.DataFrame:
         """One row per (trial_id, epoch), the highest attempt winning, sorted by stage, trial_id, epoch.
 
         Columns: the fixed ones of :func:`epoch_columns`, then every metric seen in any part, by name.
         """
-        return _to_frame("epochs", self.read_table("epochs", trial_ids=trial_ids))
+        return _to_frame("epochs", self.read_table("epochs", trial_ids=trial_ids, stages=stages))
 
-    def trials(self, *, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    def trials(self, *, trial_ids: Iterable[str] | None = None, stages: Iterable[str] | None = None) -> pd.DataFrame:
         """One row per trial_id, the highest attempt winning, sorted by stage, trial_id.
 
         Columns: the fixed ones of :func:`trial_columns`, then ``config.*``, ``best.*``, ``last.*``,
         ``extra.*``, each by name.
         """
-        return _to_frame("trials", self.read_table("trials", trial_ids=trial_ids))
+        return _to_frame("trials", self.read_table("trials", trial_ids=trial_ids, stages=stages))
 
     def trial_statuses(self) -> dict[str, str]:
         """The latest status of every trial that has a trial row: ``{trial_id: status}``."""
@@ -699,10 +728,15 @@ class ResultsStore:
         else's, reported and skipped by :meth:`read_table`, never moved."""
         paths = self.part_paths(table)
         found = []
-        for path, part in zip(paths, self._load(table, paths)):
-            if isinstance(part, Exception) and not isinstance(part, ResultsError):
-                if self.filesystem.get_file_info(path).type == pafs.FileType.File:  # not compacted away meanwhile
-                    found.append((path, str(part).splitlines()[0] if str(part) else type(part).__name__))
+        for path, part in zip(paths, self._fragments(table, paths)):
+            if not isinstance(part, Exception):
+                try:  # the footer reads; the data pages must too
+                    ds.FileSystemDataset([part], part.physical_schema, ds.ParquetFileFormat(), self.filesystem).to_table()
+                    continue
+                except (pa.ArrowException, OSError) as err:
+                    part = err
+            if not isinstance(part, (ResultsError, FileNotFoundError)):  # foreign, or compacted away meanwhile
+                found.append((path, str(part).splitlines()[0] if str(part) else type(part).__name__))
         return found
 
     def set_aside(self, path: str) -> str:
@@ -773,16 +807,13 @@ class ResultsStore:
         return removed
 
     def _read_parts(self, table: str, paths: list[str]) -> pa.Table:
-        """The parts, unified; an unreadable part stops a compaction rather than being dropped with it."""
-        parts = self._load(table, paths)
-        for path, part in zip(paths, parts):
-            if isinstance(part, ResultsError):  # a foreign file: compacting would fold it in (or delete it)
-                raise ResultsError(f"results part {path!r} cannot be compacted: {part}; "
-                                   f"move it out of results/")  # fmt: skip
-            if isinstance(part, Exception):
-                raise part
-            _check_version(path, part)
-        return _unify(table, parts) if parts else _empty(table)
+        """The parts, unified; an unreadable or foreign part stops a compaction rather than being dropped
+        with it (or folded in)."""
+        found = self._fragments(table, paths)
+        for path, part in zip(paths, found):
+            if isinstance(part, ResultsError):
+                raise ResultsError(f"results part {path!r} cannot be compacted: {part}; move it out of results/")
+        return self._scan(table, paths, found, None, "raise")
 
     def export(self, table: TableName, destination: str | os.PathLike[str], *,
                format: ExportFormat | None = None) -> str:  # fmt: skip
@@ -823,25 +854,29 @@ def _check_table(table: str) -> None:
 _IDENTITY = {"epochs": ("stage", "trial_id", "attempt", "epoch"), "trials": ("stage", "trial_id", "attempt")}
 
 
-def _foreign(table: str, part: pa.Table) -> ResultsError | None:
-    """Why ``part`` is not a part of ``table`` (None when it is one)."""
-    marked = (part.schema.metadata or {}).get(_META_TABLE)
+def _foreign(table: str, schema: pa.Schema) -> ResultsError | None:
+    """Why a part with this ``schema`` is not a part of ``table`` (None when it is one)."""
+    marked = (schema.metadata or {}).get(_META_TABLE)
     if marked is not None and marked != table.encode():
         return ResultsError(f"it is marked as a part of the {marked.decode(errors='replace')!r} table, "
                             f"not of {table!r}")  # fmt: skip
-    missing = [name for name in _IDENTITY[table] if name not in part.column_names]
+    missing = [name for name in _IDENTITY[table] if name not in schema.names]
     if missing:
         return ResultsError(f"it lacks the {table} table's columns {missing} (its columns: "
-                            f"{part.column_names[:8]}{' ...' if part.num_columns > 8 else ''}): not a part "
+                            f"{schema.names[:8]}{' ...' if len(schema.names) > 8 else ''}): not a part "
                             f"of this table")  # fmt: skip
     return None
 
 
-def _check_version(path: str, part: pa.Table) -> None:
-    meta = part.schema.metadata or {}
+def _check_version(path: str, fragment: ds.ParquetFileFragment) -> None:
+    """Refuses a part a newer schema wrote: by its metadata, or its ``schema_version`` column's statistics
+    (both from the footer: no row is read)."""
+    meta = fragment.physical_schema.metadata or {}
     versions = {int(meta[_META_VERSION])} if _META_VERSION in meta else set()
-    if "schema_version" in part.column_names:
-        versions |= {int(v) for v in part.column("schema_version").to_pylist() if v is not None}
+    for group in fragment.row_groups:
+        stats = (group.statistics or {}).get("schema_version") or {}
+        if stats.get("max") is not None:
+            versions.add(int(stats["max"]))
     newest = max(versions, default=RESULTS_SCHEMA_VERSION)
     if newest > RESULTS_SCHEMA_VERSION:
         raise ResultsSchemaError(

@@ -86,28 +86,45 @@ _COMPACT_ALL = """
 import os, signal, sys
 from nas_service.results import ResultsStore
 
-class KillingFileSystem:
+import pyarrow.fs as pafs
+
+# A handler behind pafs.PyFileSystem (pyarrow.dataset takes only real file systems) that delegates.
+class KillingHandler(pafs.FileSystemHandler):
     def __init__(self, fs, kill_at):
         self._fs, self._kill_at, self.ops = fs, kill_at, 0
     def _tick(self):
         self.ops += 1
         if self.ops == self._kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-    def open_output_stream(self, *a, **k):
-        self._tick(); return self._fs.open_output_stream(*a, **k)
-    def move(self, *a, **k):
-        self._tick(); return self._fs.move(*a, **k)
-    def delete_file(self, *a, **k):
-        self._tick(); return self._fs.delete_file(*a, **k)
-    def __getattr__(self, name):
-        return getattr(self._fs, name)
+    def open_output_stream(self, path, metadata):
+        self._tick(); return self._fs.open_output_stream(path, metadata=metadata)
+    def move(self, src, dest):
+        self._tick(); return self._fs.move(src, dest)
+    def delete_file(self, path):
+        self._tick(); return self._fs.delete_file(path)
+    def get_type_name(self): return "killing"
+    def equals(self, other): return other is self
+    def normalize_path(self, path): return self._fs.normalize_path(path)
+    def get_file_info(self, paths): return self._fs.get_file_info(paths)
+    def get_file_info_selector(self, selector): return self._fs.get_file_info(selector)
+    def create_dir(self, path, recursive): return self._fs.create_dir(path, recursive=recursive)
+    def delete_dir(self, path): return self._fs.delete_dir(path)
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        return self._fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+    def delete_root_dir_contents(self): raise NotImplementedError
+    def copy_file(self, src, dest): return self._fs.copy_file(src, dest)
+    def open_input_stream(self, path): return self._fs.open_input_stream(path)
+    def open_input_file(self, path): return self._fs.open_input_file(path)
+    def open_append_stream(self, path, metadata):
+        return self._fs.open_append_stream(path, metadata=metadata)
 
 store = ResultsStore(sys.argv[1], "exp")
-store.filesystem = KillingFileSystem(store.filesystem, int(sys.argv[2]))
+handler = KillingHandler(store.filesystem, int(sys.argv[2]))
+store.filesystem = pafs.PyFileSystem(handler)
 for trial in sorted({p.rsplit("trial=", 1)[1].split("/")[0] for p in store.part_paths("epochs") if "trial=" in p}):
     store.compact_trial(trial)
 store.compact()
-print(store.filesystem.ops)
+print(handler.ops)
 """
 
 
@@ -159,3 +176,20 @@ def test_a_read_that_races_a_compaction_lists_again_instead_of_losing_rows(tmp_p
         got = store.epochs()
     pdt.assert_frame_equal(expected, got)
     assert calls == ["epochs", "epochs"]
+
+
+@pytest.mark.parametrize("compacted", [False, True], ids=["parts", "compacted"])
+def test_trial_and_stage_filters_read_only_the_asked_rows(tmp_path, compacted) -> None:
+    store = ResultsStore(tmp_path, "exp")
+    _fill(store)
+    if compacted:
+        store.compact()
+    everything = store.epochs()
+    search = store.epochs(stages=["search"])
+    pdt.assert_frame_equal(search.reset_index(drop=True),
+                           everything[everything["stage"] == "search"][search.columns].reset_index(drop=True))
+    assert set(store.trials(stages=["retrain"])["trial_id"]) == {"t000", "t002", "t004"}
+    assert store.trials(trial_ids=["t001"], stages=["retrain"]).empty  # t001 is a search trial
+    # the filter reaches pyarrow.dataset: the raw table holds only t003's rows, even from a table-wide file
+    raw = store.read_table("epochs", trial_ids=["t003"])
+    assert set(raw.column("trial_id").to_pylist()) == {"t003"} and raw.num_rows == 4
