@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from nas_service.ray_runtime.train import WORKER_FAULT_ENV
@@ -96,6 +97,14 @@ def test_sweep_completes_with_one_row_per_trial_and_epoch(tmp_path):
     assert len(epochs) == 3 * EPOCHS and not epochs.duplicated(["trial_id", "epoch"]).any()
     assert "[search]" in out and "epoch 2/2" in out  # live per-epoch progress lines
     assert "== search (cell_search) ==" in out  # the report at the end
+
+    # A complete experiment is compacted: at most two files per trial (here one per table), and plain pandas
+    # reads each table's folder with every column the store's own reader returns.
+    results = tmp_path / "runs" / "tiny" / "results"
+    assert len(list(results.rglob("*.parquet"))) <= 2 * len(trials)
+    for table, frame in (("trials", trials), ("epochs", epochs)):
+        plain = pd.read_parquet(results / table)
+        assert set(frame.columns) <= set(plain.columns) and len(plain) == len(frame), table
 
     # The CLI reads the same store back.
     env = cli_env(tmp_path)
