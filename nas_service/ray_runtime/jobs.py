@@ -53,20 +53,49 @@ class SubmitResult:
     raced: bool = False  # not started because another submission took this id at the same moment
 
 
+class ClusterAuthError(ValueError):
+    """The cluster refused this client's token, or token authentication is on and no token was found."""
+
+
+def _token_and_source(token: str | None) -> tuple[str | None, str]:
+    """The token a request carries and where it came from (for an error that says which one was refused)."""
+    if token:
+        return token, "the token given with --token"
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"], "the token in $RAY_AUTH_TOKEN"
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if os.environ.get("RAY_AUTH_MODE") == "token" and path.is_file():
+        return path.read_text().strip(), f"the token in {path}"
+    return None, "no token (none given with --token, in $RAY_AUTH_TOKEN or in a token file)"
+
+
 def _token_headers(token: str | None) -> dict[str, str] | None:
-    token = token or os.environ.get("RAY_AUTH_TOKEN")
-    if not token:
-        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-        if os.environ.get("RAY_AUTH_MODE") == "token" and path.is_file():
-            token = path.read_text().strip()
+    token, _ = _token_and_source(token)
     return {"Authorization": f"Bearer {token}"} if token else None
 
 
+def _auth_refused(address: str, token: str | None, reason: object) -> ClusterAuthError:
+    _, source = _token_and_source(token)
+    reason = (str(reason).strip().splitlines() or ["refused"])[0].split(". ")[0]
+    return ClusterAuthError(
+        f"the cluster at {address} refused {source} ({reason}): pass the cluster's token with --token, or "
+        "set RAY_AUTH_TOKEN to it, or RAY_AUTH_TOKEN_PATH to a file holding it (with RAY_AUTH_MODE=token)"
+    )
+
+
 def jobs_client(address: str, *, token: str | None = None) -> Any:
-    """A ``JobSubmissionClient`` for the dashboard URL ``address`` (``http://HEAD:8265``), with token auth."""
+    """A ``JobSubmissionClient`` for the dashboard URL ``address`` (``http://HEAD:8265``), with token auth.
+
+    Raises:
+        ClusterAuthError: the cluster refused the token (or wants one and none was found), naming which.
+    """
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address, headers=_token_headers(token))
+    try:
+        return JobSubmissionClient(address, headers=_token_headers(token))
+    except AuthenticationError as err:
+        raise _auth_refused(address, token, err) from err
 
 
 def _prefix(experiment: str) -> str:
@@ -78,14 +107,20 @@ def cluster_nodes(address: str, *, token: str | None = None, alive_only: bool = 
     ``state_message``, ``resources_total``, ...) from its State API: the alive ones, or every node the GCS
     knows (``alive_only=False``: dead ones included)."""
     import json
+    import urllib.error
     import urllib.request
 
     url = f"{address.rstrip('/')}/api/v0/nodes?limit=10000&detail=true"
     if alive_only:
         url += "&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
     request = urllib.request.Request(url, headers=_token_headers(token) or {})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return list(json.loads(response.read())["data"]["result"]["result"])
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return list(json.loads(response.read())["data"]["result"]["result"])
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise _auth_refused(address, token, f"HTTP {err.code} {err.reason}") from err
+        raise
 
 
 # How the GCS words a node that left on purpose (scaled down, stopped): not a lost node.

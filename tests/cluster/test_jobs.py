@@ -129,6 +129,29 @@ def test_an_installed_wheel_runs_a_copied_example_and_submits_it(cluster, tmp_pa
     assert len(runtime_env["py_modules"]) == 3 and runtime_env["working_dir"].startswith("gcs://"), runtime_env
 
 
+@pytest.mark.parametrize("token", ["wrong-token", None], ids=["wrong", "missing"])
+def test_a_wrong_or_missing_token_is_refused_in_one_line_and_submits_nothing(cluster, tmp_path, token):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec_text(tmp_path / "runs").replace("jobs_tiny", "auth_tiny"))
+    env = {**os.environ, **cluster.client_env(), "RAY_USAGE_STATS_ENABLED": "0", "HOME": str(tmp_path)}
+    env.pop("RAY_AUTH_TOKEN_PATH")  # no token file: the token comes from RAY_AUTH_TOKEN or nowhere
+    env.pop("RAY_AUTH_TOKEN", None)
+    if token:
+        env["RAY_AUTH_TOKEN"] = token
+    for command in (["submit", str(spec), "--address", cluster.dashboard_url, "--shared-storage"],
+                    ["submit", str(spec), "--address", cluster.dashboard_url],  # asks the State API first
+                    ["jobs", "list", "--address", cluster.dashboard_url]):
+        result = subprocess.run([sys.executable, "-m", "nas_service.cli", *command], env=env, capture_output=True,
+                                text=True, timeout=120)  # fmt: skip
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        said = "the token in $RAY_AUTH_TOKEN" if token else "no token"
+        assert f"the cluster at {cluster.dashboard_url} refused {said}" in result.stderr, result.stderr
+        assert "--token" in result.stderr, result.stderr
+    jobs = jobs_client(cluster.dashboard_url, token=cluster.token).list_jobs()
+    assert not any(job.submission_id.startswith("nas-auth_tiny") for job in jobs)
+
+
 def test_local_storage_is_refused_for_a_remote_cluster(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(spec_text(tmp_path / "runs"))
