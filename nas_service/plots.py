@@ -135,7 +135,8 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, folder: Path) ->
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         out.append(ReportFigure("Learning curves", f"{stage}: {metric}",
-                                "Mean over the arm's replicates; the band is the 95% t interval (n >= 3 only).",
+                                "Mean over the arm's trials; the band is their 95% t interval (n >= 3 only). Retrains "
+                                "of one searched architecture count separately here, unlike the tables.",
                                 _save(fig, folder, f"curves-{_safe(stage)}")))  # fmt: skip
     return out
 

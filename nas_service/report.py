@@ -1,9 +1,10 @@
 """Comparison tables read only from the results store: per stage and arm, the metrics over replicates with
 confidence intervals, and each arm against the stage's baseline arm (:mod:`nas_service.statistics`).
 
-An arm is a stage's configuration without the seed. A replicate is one independent run of an arm: the seed
-of the search that produced its architecture (through lineage) and its own seed, so the retrains of the
-genotypes that ``weighting=max_w`` searches with seeds 0, 1, 2 chose are three replicates of one arm.
+An arm is a stage's configuration without the seed. A replicate is one independent run of an arm: its own
+seed, or for a trial whose architecture came through lineage, the seed of the search that produced it, so
+the retrains of the genotypes that ``weighting=max_w`` searches with seeds 0, 1, 2 chose are three
+replicates of one arm however many retrain seeds each genotype got (their values are averaged).
 An arm's cost is its own compute plus, through lineage, the compute of the searches that produced it.
 """
 
@@ -37,18 +38,51 @@ def _metrics(kind: str) -> tuple[str | None, str | None]:
     return entry.select_metric, entry.headline_metric
 
 
-def _summary(values: pd.Series) -> str:
-    return summarize(list(pd.to_numeric(values, errors="coerce").dropna())).text()
+def _summary(group: pd.DataFrame, column: str) -> str:
+    """The column over the group's replicates (each the mean of its trials)."""
+    return summarize(list(replicate_means(group, column).values())).text()
 
 
 def replicate_keys(trials: pd.DataFrame) -> pd.Series:
-    """Each trial's replicate: ``(experiment, seed of the trial its architecture came from or None, its own
-    seed)``; the experiment keeps two experiments' seed-0 runs apart when several are compared at once."""
+    """Each trial's replicate, the unit that is independent of the arm's other replicates.
+
+    A trial without lineage is its own replicate: ``(experiment, None, its seed)``. A trial whose
+    architecture came from another trial (a retrain of a search's genotype, an evaluation of a retrain)
+    belongs to the replicate of its lineage's first trial, ``(experiment, that trial's seed, None)``: five
+    retrains of one searched genotype are one replicate of the search method, not five, and their values
+    are averaged into it (:func:`replicate_means`). The experiment keeps two experiments' seed-0 runs apart
+    when several are compared at once.
+    """
     seed_of = dict(zip(trials["trial_id"], trials["seed"]))
-    parents = trials["lineage_trial_id"] if "lineage_trial_id" in trials else pd.Series(None, index=trials.index)
+    parent_of = ({t: p for t, p in zip(trials["trial_id"], trials["lineage_trial_id"]) if isinstance(p, str)}
+                 if "lineage_trial_id" in trials else {})  # fmt: skip
     experiments = trials["experiment"] if "experiment" in trials else pd.Series("", index=trials.index)
-    return pd.Series([(e, seed_of.get(p) if isinstance(p, str) else None, s)
-                      for e, p, s in zip(experiments, parents, trials["seed"])], index=trials.index, dtype=object)  # fmt: skip
+
+    def root(trial: str) -> str:
+        seen = {trial}
+        while parent_of.get(trial) in seed_of and parent_of[trial] not in seen:
+            trial = parent_of[trial]
+            seen.add(trial)
+        return trial
+
+    keys = []
+    for experiment, trial, seed in zip(experiments, trials["trial_id"], trials["seed"]):
+        if isinstance(parent_of.get(trial), str):
+            keys.append((experiment, seed_of.get(root(trial)), None))
+        else:
+            keys.append((experiment, None, seed))
+    return pd.Series(keys, index=trials.index, dtype=object)
+
+
+def replicate_means(group: pd.DataFrame, column: str) -> dict[Any, float]:
+    """``{replicate: mean of the column over its trials}`` (``group`` has a ``replicate`` column); trials
+    whose value is missing or not a number are left out."""
+    values = pd.to_numeric(group[column], errors="coerce")
+    sums: dict[Any, list[float]] = {}
+    for key, value in zip(group["replicate"], values):
+        if not math.isnan(value):
+            sums.setdefault(key, []).append(float(value))
+    return {key: sum(v) / len(v) for key, v in sums.items()}
 
 
 def _label(group: pd.DataFrame, arm: str) -> str:
@@ -79,10 +113,10 @@ def arm_table(trials: pd.DataFrame) -> pd.DataFrame:
         }  # fmt: skip
         for name, column in (("select", select), ("test", headline)):
             if column and column in finished:
-                row[f"{name} ({column.split('.', 1)[1]})"] = _summary(finished[column])
+                row[f"{name} ({column.split('.', 1)[1]})"] = _summary(finished, column)
         if kind == "evaluate":
             for column in [c for c in finished.columns if c.startswith("best.") and c.endswith(".top1")]:
-                row[column[5:]] = _summary(finished[column])
+                row[column[5:]] = _summary(finished, column)
         for column, name in (("params", "params"), ("multiply_adds", "mult-adds")):
             if column in finished and finished[column].notna().any():
                 row[name] = f"{int(pd.to_numeric(finished[column]).median()):,}"
@@ -187,19 +221,17 @@ def comparison_table(trials: pd.DataFrame, baselines: Mapping[str, str]) -> pd.D
         if metric is None or metric not in done:
             continue
 
-        def by_replicate(group: pd.DataFrame) -> dict[Any, float]:
-            values = pd.to_numeric(group[metric], errors="coerce")
-            return {k: float(v) for k, v in zip(group["replicate"], values) if not math.isnan(v)}
-
-        found = [(arm, compare(by_replicate(group), by_replicate(arms[base]))) for arm, group in arms.items() if arm != base]
+        found = [(arm, compare(replicate_means(group, metric), replicate_means(arms[base], metric)))
+                 for arm, group in arms.items() if arm != base]  # fmt: skip
         adjusted = holm([c.t_p for _, c in found])
         for (arm, c), holm_p in zip(found, adjusted):
             interval = "" if c.ci_low is None else f" [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
             rows.append({
                 "stage": stage, "arm": labels[arm], "baseline": labels[base], "metric": metric.split(".", 1)[1],
                 "pairing": f"paired on {c.n} replicates" if c.paired else f"unpaired ({c.n} vs {c.n_baseline})",
-                "difference": f"{c.difference:+.4f}{interval}", "t-test p": _p(c.t_p),
-                ("Wilcoxon p" if c.paired else "Mann-Whitney p"): _p(c.rank_p), "Holm p": _p(holm_p), "flag": c.flag,
+                "difference": f"{c.difference:+.4f}{interval}", "t-test p": _p(c.t_p), "Holm p": _p(holm_p),
+                # one column whichever test applies, so a stage with paired and unpaired arms stays one table
+                "rank test": "Wilcoxon" if c.paired else "Mann-Whitney", "rank p": _p(c.rank_p), "flag": c.flag,
             })  # fmt: skip
     return pd.DataFrame(rows)
 

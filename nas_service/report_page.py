@@ -91,8 +91,9 @@ pre { background: #f8f9fa; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 <body>
 <h1>{{ title }}</h1>
 <p class="note">Written {{ written }} by nas-service {{ versions.nas_service }} from {{ roots|join(", ") }}.
-An arm is a stage's configuration without the seed; a replicate is one independent run of it (the seed of
-the search its architecture came from, and its own seed). Intervals are 95% Student-t; arms with fewer than
+An arm is a stage's configuration without the seed; a replicate is one independent run of it (its own seed,
+or the seed of the search its architecture came from, averaging that architecture's retrains). Intervals are
+95% Student-t; arms with fewer than
 3 replicates are flagged n&lt;3 and get no spread or test.</p>
 {% if warnings %}<div class="warning"><h2>Warnings</h2><ul>
 {% for warning in warnings %}<li>{{ warning }}</li>{% endfor %}

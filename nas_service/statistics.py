@@ -3,7 +3,8 @@ against a baseline (paired by replicate where replicates pair up), Holm's correc
 a stage, and the main effect of each sweep axis.
 
 A *replicate* is one independent run of an arm: its key is the seed of the search that produced the
-architecture (for arms whose architecture came from a search) and the trial's own seed. Two arms pair up
+architecture (for arms whose architecture came from a search; the retrains of one searched architecture
+are averaged into its replicate), else the trial's own seed. Two arms pair up
 on the replicates they share; with fewer than two shared replicates the comparison is unpaired, and says
 so. Arms with fewer than :data:`MIN_REPLICATES` replicates get no spread, interval or test: they are
 flagged instead of being given numbers that mean nothing.
@@ -169,12 +170,13 @@ def main_effects(rows: Sequence[Mapping[str, object]], axes: Sequence[str], metr
     out = []
     for axis in axes:
         levels = list(dict.fromkeys(row[axis] for row in rows))
-        cells: dict[tuple, dict[object, float]] = {}
-        for row in rows:
+        cells: dict[tuple, dict[object, list[float]]] = {}
+        for row in rows:  # rows of one replicate and level (e.g. several retrain seeds) are averaged
             key = tuple(row[a] for a in axes if a != axis) + (row[replicate],)
-            cells.setdefault(key, {})[row[axis]] = float(row[metric])  # type: ignore[arg-type]
+            cells.setdefault(key, {}).setdefault(row[axis], []).append(float(row[metric]))  # type: ignore[arg-type]
         for level in levels[1:]:
-            diffs = np.asarray([c[level] - c[levels[0]] for c in cells.values() if level in c and levels[0] in c])
+            diffs = np.asarray([np.mean(c[level]) - np.mean(c[levels[0]])
+                                for c in cells.values() if level in c and levels[0] in c])  # fmt: skip
             if len(diffs) == 0:
                 continue
             low = high = None

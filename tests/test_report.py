@@ -60,11 +60,36 @@ def test_each_arm_against_the_baseline_paired_by_search_seed_with_holm(trials) -
     half = T2 * 0.0057735 / math.sqrt(3)
     assert dhgs["pairing"] == "paired on 3 replicates"
     assert dhgs["difference"] == f"+0.0167 [{0.0166667 - half:+.4f}, {0.0166667 + half:+.4f}]"
-    assert dhgs["t-test p"] == "0.0377" and dhgs["Wilcoxon p"] == "0.2500" and dhgs["flag"] == ""
+    assert dhgs["t-test p"] == "0.0377" and dhgs["rank test"] == "Wilcoxon" and dhgs["rank p"] == "0.2500" and dhgs["flag"] == ""
     one = table.loc["genotype=ONE"]
     assert one["pairing"] == "unpaired (1 vs 3)" and one["flag"] == "n<3" and one["t-test p"] == "-"
     # Holm over the one testable arm leaves its p as it is
     assert dhgs["Holm p"] == "0.0377"
+
+
+def test_retrains_of_one_searched_architecture_are_one_replicate_not_several(tmp_path) -> None:
+    # 3 searches x 3 retrain seeds of each one's architecture against a human path retrained with 3 seeds:
+    # the searches are the independent units, so the DHGS arm has 3 replicates, each the mean of 3 retrains.
+    store = ResultsStore(tmp_path, "exp")
+    for seed in (0, 1, 2):
+        store.write_trial(f"s{seed}", 0, {"stage": "search", "stage_kind": "hypercuboid_search", "status": "finished",
+                                          "seed": seed, "arm": "a-search", "config": {"seed": seed},
+                                          "best": {"valid_acc": 0.9}, "wall_seconds": 100.0})  # fmt: skip
+    per_search = {0: (0.90, 0.92, 0.94), 1: (0.95, 0.95, 0.95), 2: (0.91, 0.93, 0.92)}  # means 0.92, 0.95, 0.92
+    for search, values in per_search.items():
+        for own, value in enumerate(values):
+            _retrain(store, f"d{search}{own}", "a-dhgs", own, value, parent=f"s{search}")
+    for own, value in enumerate((0.90, 0.91, 0.92)):
+        _retrain(store, f"h{own}", "a-human", own, value)
+    trials = store.trials()
+    table = arm_table(trials).set_index("arm")
+    assert table.loc["from search: dhgs", "runs"] == 9 and table.loc["from search: dhgs", "replicates"] == 3
+    half = T2 * 0.017320508 / math.sqrt(3)  # sd of the search means 0.92, 0.95, 0.92
+    assert table.loc["from search: dhgs", "test (test_top1)"] == (
+        f"0.9300 ± 0.0173 [{0.93 - half:.4f}, {0.93 + half:.4f}] (n=3)")
+    row = comparison_table(trials, {"retrain": "path=HUMAN"}).set_index("arm").loc["from search: dhgs"]
+    assert row["pairing"] == "unpaired (3 vs 3)"  # search seeds and own seeds are not the same replicates
+    assert row["difference"].startswith("+0.0200 [")
 
 
 def test_a_baseline_the_stage_does_not_have_is_refused_with_its_arms(trials) -> None:
