@@ -19,7 +19,8 @@ paper's tables: :func:`count_parameters`. Multiply-adds of one eval-mode forward
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -39,6 +40,7 @@ __all__ = [
     "LinearPathNetwork",
     "build_path_network",
     "drop_path",
+    "batch_share",
     "Cell",
     "AuxiliaryHead",
     "AuxiliaryHeadCIFAR",
@@ -72,6 +74,23 @@ def _check_positive(owner: str, **values: int) -> None:
 # Drop path
 
 
+# A DDP worker holds one slice of each global batch. Drawing the global batch's masks and keeping the slice's
+# rows gives each image the mask the single-process run gives it and keeps every worker's RNG stream in step
+# (each draws the same amount). Set per batch by trainers.distributed's sharded loader.
+_batch_share: tuple[int, int] | None = None  # (rows of the global batch, first row of this worker's slice)
+
+
+@contextmanager
+def batch_share(total: int, start: int) -> Iterator[None]:
+    """While active, :func:`drop_path` treats its input as rows ``start ..`` of a batch of ``total`` rows."""
+    global _batch_share
+    previous, _batch_share = _batch_share, (int(total), int(start))
+    try:
+        yield
+    finally:
+        _batch_share = previous
+
+
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     """Zeroes whole samples of ``x`` with probability ``drop_prob``, scaling the rest by ``1 / (1 - p)``.
 
@@ -94,7 +113,12 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     if drop_prob == 0.0:
         return x
     keep = 1.0 - drop_prob
-    mask = torch.empty((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+    rows = x.shape[0]
+    total, start = _batch_share or (rows, 0)
+    if start + rows > total:
+        raise NetworkConfigError(f"drop_path: a slice of {rows} rows from row {start} does not fit the global "
+                                 f"batch of {total} rows set by batch_share")  # fmt: skip
+    mask = torch.empty((total, 1, 1, 1), dtype=x.dtype, device=x.device).bernoulli_(keep)[start : start + rows]
     return x * (mask / keep)
 
 

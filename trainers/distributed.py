@@ -6,6 +6,7 @@ these into the training loop's hooks, and they are tested in one process.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
+from search_spaces.networks import batch_share
+
 from .checkpoints import CheckpointError, capture_rng_state, load_checkpoint, save_checkpoint
 
-__all__ = ["DDPConfigError", "per_worker_batch_size", "ShardedBatchSampler", "shard_loader", "DistributedBatchNorm",
+__all__ = ["DDPConfigError", "per_worker_batch_size", "ShardedBatchSampler", "ShardedLoader", "shard_loader", "DistributedBatchNorm",
            "convert_sync_batchnorm", "collective_device", "capture_rank_state",
            "adopt_rank_state"]  # fmt: skip
 
@@ -62,22 +65,40 @@ class ShardedBatchSampler:
             raise DDPConfigError(f"rank: must be in [0, {world_size}), got {rank}")
         self.batch_sampler = batch_sampler
         self.rank, self.world_size, self.equal_steps = rank, world_size, equal_steps
+        # (global batch size, first row of this worker's slice) of each slice yielded, in order: read by
+        # ShardedLoader, which consumes the slices in the same order.
+        self.shares: deque[tuple[int, int]] = deque()
 
-    def _slice(self, batch: list[int]) -> list[int]:
-        n = len(batch)
-        return batch[self.rank * n // self.world_size : (self.rank + 1) * n // self.world_size]
+    def _bounds(self, n: int) -> tuple[int, int]:
+        return self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size
 
     def __iter__(self) -> Iterator[list[int]]:
+        shares = self.shares  # this iteration's queue (ShardedLoader gives each iteration its own)
         for batch in self.batch_sampler:
             batch = list(batch)
             if len(batch) < self.world_size and self.equal_steps:
                 continue
-            part = self._slice(batch)
-            if part:
-                yield part
+            start, stop = self._bounds(len(batch))
+            if stop > start:
+                shares.append((len(batch), start))
+                yield batch[start:stop]
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
+
+
+class ShardedLoader(DataLoader):
+    """A loader over a :class:`ShardedBatchSampler` that runs the work on each batch inside
+    :func:`search_spaces.networks.batch_share`, so drop path masks this worker's slice as the
+    single-process run masks those images (and every worker draws the same amount from its RNG)."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        shares: deque[tuple[int, int]] = deque()
+        self.batch_sampler.shares = shares
+        for batch in super().__iter__():
+            total, start = shares.popleft()
+            with batch_share(total, start):
+                yield batch
 
 
 def shard_loader(loader: DataLoader, *, rank: int, world_size: int) -> DataLoader:
@@ -91,7 +112,7 @@ def shard_loader(loader: DataLoader, *, rank: int, world_size: int) -> DataLoade
         return loader
     sampler = ShardedBatchSampler(loader.batch_sampler, rank=rank, world_size=world_size,
                                   equal_steps=isinstance(loader.sampler, RandomSampler))  # fmt: skip
-    return DataLoader(
+    return ShardedLoader(
         loader.dataset, batch_sampler=sampler, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
         generator=loader.generator, persistent_workers=loader.persistent_workers,
@@ -214,9 +235,9 @@ def collective_device(device: torch.device) -> torch.device:
 #
 # Rank 0 writes the epoch checkpoint, so it holds rank 0's RNG states and batch-norm buffers. Parameters
 # and optimizer state are the same on every rank (DDP averages the gradients), but these two are not:
-# - RNG: every rank seeds torch alike, yet the ranks draw different amounts (drop path draws one number per
-#   image of the worker's slice, and the last global batch of an epoch can split unevenly, e.g. 23 images as
-#   11 + 12), so from then on each rank has its own torch stream; numpy's and Python's were never shared.
+# - RNG: every rank seeds torch alike and draws the same amounts (drop path draws the global batch's masks,
+#   see ShardedLoader), so the torch streams stay equal today; numpy's and Python's were never shared, and a
+#   future draw per slice (e.g. dropout) would set the ranks' torch streams apart. Each rank keeps its own.
 # - buffers: without synchronized batch norm each rank's running statistics follow its own slices (DDP
 #   broadcasts rank 0's before each training forward, so today they only feed that rank's evaluation; kept
 #   so that a rank's state is whole whatever the wrapper does).

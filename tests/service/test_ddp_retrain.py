@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from nas_service.ray_runtime.train import run_ddp_retrain
+from search_spaces.networks import drop_path
 from trainers.distributed import (
     DDPConfigError,
     DistributedBatchNorm,
@@ -81,6 +82,28 @@ def test_training_shards_are_the_single_process_global_batches(world):
         union = sorted(i for s in shards for i in s[k])
         assert union == sorted(single[k]), f"step {k}: the workers' slices are not the global batch"
         assert sum(len(s[k]) for s in shards) == len(single[k])
+
+
+def test_drop_path_masks_a_workers_slice_as_the_single_process_run_masks_those_images():
+    def loader() -> DataLoader:  # 23 images in batches of 8: the last batch of 7 splits 3 + 4
+        return make_loader(_Indices(23), batch_size=8, shuffle=True, seed=1, epoch=0)
+
+    def masks(batches) -> tuple[list[dict[int, float]], torch.Tensor]:
+        torch.manual_seed(0)
+        steps = []
+        for _, images in batches:  # two drop paths per step, as two cells would draw
+            ones = torch.ones(len(images), 2, 1, 1)
+            kept = drop_path(ones, 0.5)[:, 0, 0, 0] + 10 * drop_path(ones, 0.5)[:, 0, 0, 0]
+            steps.append(dict(zip(images.tolist(), kept.tolist())))
+        return steps, torch.get_rng_state()
+
+    single, single_rng = masks(loader())
+    for rank in range(2):
+        sharded, rng = masks(shard_loader(loader(), rank=rank, world_size=2))
+        assert len(sharded) == len(single)
+        for step, (mine, theirs) in enumerate(zip(sharded, single)):
+            assert mine and all(theirs[i] == v for i, v in mine.items()), f"rank {rank}, step {step}"
+        assert torch.equal(rng, single_rng), "every worker's torch stream stays the single-process one"
 
 
 def test_evaluation_shards_cover_every_image_once():
@@ -212,7 +235,7 @@ def ray_session(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_ddp_on_two_cpu_workers_matches_single_process_training(ray_session, tmp_path):
-    config = tiny_retrain()
+    config = tiny_retrain(drop_path_prob=0.3)  # drop path too: each worker masks its slice as one process does
     single: list[tuple[int, int, float]] = []
     reference = run_retrain(config, workdir=tmp_path / "single", device="cpu",
                             hooks=Hooks(step_end=lambda e, s, loss, n: single.append((e, s, loss))))  # fmt: skip
