@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-channels", type=int, default=16)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64, help="the global batch")
+    parser.add_argument("--max-steps", type=int, default=None, help="steps per epoch (default: the whole epoch)")
     parser.add_argument("--no-sync-batchnorm", action="store_true",
                         help="per-worker batch norm statistics (saves two all-reduces per batch norm layer)")
     args = parser.parse_args(argv)
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = with_overrides(get_recipe("digits_retrain"), {
         "epochs": args.epochs, "init_channels": args.init_channels, "layers": args.layers,
-        "data": {"batch_size": args.batch_size},
+        "data": {"batch_size": args.batch_size}, "max_steps_per_epoch": args.max_steps,
     })  # fmt: skip
     cores = args.workers * args.threads_per_worker
     work = Path(tempfile.mkdtemp(prefix="nas-bench-ddp-"))

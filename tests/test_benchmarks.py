@@ -1,4 +1,7 @@
-"""The benchmarks still run (at toy sizes) and print their side-by-side ratios; no timing is asserted."""
+"""The benchmarks still run (at toy sizes) and print their side-by-side ratios; no timing is asserted.
+
+Serial: a benchmark times subprocesses with as many threads as the machine has cores, so beside another test
+it runs several times slower (the second-order step took 188 s instead of 28 s) and measures nothing."""
 
 from __future__ import annotations
 
@@ -6,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.serial
 
 
 def _run(script: str, *args: str) -> str:
@@ -28,8 +34,8 @@ def test_search_step_benchmark_compares_the_variants():
 
 def test_search_step_benchmark_runs_the_second_order_step():
     out = _run("search_step.py", "--C", "4", "--layers", "3", "--batch", "4", "--size", "8", "--repeats", "1",
-               "--spaces", "darts", "sharper_darts", "--weightings", "max_w", "--order", "2")  # fmt: skip
-    assert "order 2" in out and len([line for line in out.splitlines() if " max_w " in line]) >= 4
+               "--spaces", "darts", "sharper_darts", "--weightings", "max_w", "--order", "2", "--precisions", "fp32")  # fmt: skip
+    assert "order 2" in out and len([line for line in out.splitlines() if " max_w " in line]) >= 2
 
 
 def test_dilated_conv_benchmark_prints_a_ratio_per_shape():
@@ -57,7 +63,7 @@ def test_retrain_step_benchmark_compares_precisions_and_formats():
 
 
 def test_ddp_benchmark_prints_its_scaling_over_one_worker():
-    out = _run("ddp_retrain.py", "--epochs", "2", "--init-channels", "4", "--layers", "3")
+    out = _run("ddp_retrain.py", "--epochs", "2", "--init-channels", "4", "--layers", "3", "--max-steps", "4")
     assert "ratio DDP / single:" in out and "throughput DDP 2 workers / 1 worker" in out
 
 

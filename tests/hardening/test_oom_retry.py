@@ -111,6 +111,7 @@ def calm(tmp_path_factory) -> pd.DataFrame:
 @pytest.mark.ray
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.serial
 @pytest.mark.timeout(400)
 def test_a_trial_killed_by_the_memory_monitor_is_retried_from_its_checkpoint(tmp_path, calm) -> None:
     spec = spec_file(tmp_path, "runs", retries=1)
@@ -144,6 +145,7 @@ def test_a_trial_killed_by_the_memory_monitor_is_retried_from_its_checkpoint(tmp
 @pytest.mark.ray
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.serial
 @pytest.mark.timeout(400)
 def test_out_of_retries_one_line_says_what_to_change_and_a_rerun_resumes(tmp_path, calm) -> None:
     spec = spec_file(tmp_path, "runs", retries=0)

@@ -125,32 +125,13 @@ def test_sweep_completes_with_one_row_per_trial_and_epoch(tmp_path):
     assert written(store, list(store.trials()["trial_id"])) == before  # not one row written again
 
 
-def test_sigkill_after_the_first_trial_then_rerun(tmp_path):
+def test_sigint_then_sigkill_then_a_rerun_completes_without_repeating_work(tmp_path):
+    """One experiment interrupted twice, as users do: Ctrl-C, then a kill of the whole driver tree."""
     spec = write_spec(tmp_path)
-    proc = start_run(spec, cli_env(tmp_path))
     store = store_of(tmp_path)
-    try:
-        wait_for(lambda: not store.trials().empty, what="the first finished trial")
-    finally:
-        _kill_group(proc)  # the whole driver tree, at once
-    proc.wait()
-    first = store.trials()
-    assert len(first) >= 1
-    first_ids = list(first["trial_id"])
-    rows_before = written(store, first_ids)
 
-    code, out = finish(start_run(spec, cli_env(tmp_path)))
-    assert code == 0, out
-    trials, epochs = store.trials(), store.epochs()
-    assert len(trials) == 3 and set(trials["status"]) == {"finished"}
-    assert len(epochs) == 3 * EPOCHS and not epochs.duplicated(["trial_id", "epoch"]).any()
-    assert written(store, first_ids) == rows_before  # finished before the kill: not run again, no row rewritten
-
-
-def test_sigint_exits_non_zero_and_leaves_a_resumable_experiment(tmp_path):
-    spec = write_spec(tmp_path)
+    # Ctrl-C once the first epoch row is written: a non-zero exit that says how to resume.
     proc = start_run(spec, cli_env(tmp_path))
-    store = store_of(tmp_path)
     try:
         wait_for(lambda: not store.epochs().empty, what="the first epoch")
         os.kill(proc.pid, signal.SIGINT)
@@ -159,11 +140,25 @@ def test_sigint_exits_non_zero_and_leaves_a_resumable_experiment(tmp_path):
         _kill_group(proc)
     assert proc.returncode != 0, out
     assert "resume" in out and "nas-service run" in out
-    assert len(store.trials()) < 3
+    done_after_sigint = len(store.trials())
+    assert done_after_sigint < 3
+
+    # The same command resumes; SIGKILL the whole driver tree, at once, after its first finished trial.
+    proc = start_run(spec, cli_env(tmp_path))
+    try:
+        wait_for(lambda: len(store.trials()) > done_after_sigint, what="a trial finished by the resumed run")
+    finally:
+        _kill_group(proc)
+    proc.wait()
+    first_ids = list(store.trials()["trial_id"])
+    rows_before = written(store, first_ids)
 
     code, out = finish(start_run(spec, cli_env(tmp_path)))
     assert code == 0, out
-    assert len(store.trials()) == 3 and len(store.epochs()) == 3 * EPOCHS
+    trials, epochs = store.trials(), store.epochs()
+    assert len(trials) == 3 and set(trials["status"]) == {"finished"}
+    assert len(epochs) == 3 * EPOCHS and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert written(store, first_ids) == rows_before  # finished before the kill: not run again, no row rewritten
 
 
 def test_a_trial_that_raises_is_retried_from_its_checkpoint(tmp_path):
