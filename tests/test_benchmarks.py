@@ -1,7 +1,8 @@
 """The benchmarks still run (at toy sizes) and print their side-by-side ratios; no timing is asserted.
 
-Serial: a benchmark times subprocesses with as many threads as the machine has cores, so beside another test
-it runs several times slower (the second-order step took 188 s instead of 28 s) and measures nothing."""
+The compute benchmarks are `serial` (run alone, after the rest): they time subprocesses with as many threads
+as the machine has cores, so beside another test they run several times slower (the second-order step took
+188 s instead of 28 s). The ones that mostly wait on Ray or files run beside other tests."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.serial
+serial = pytest.mark.serial
 
 
 def _run(script: str, *args: str) -> str:
@@ -22,6 +23,7 @@ def _run(script: str, *args: str) -> str:
     return done.stdout
 
 
+@serial
 def test_search_step_benchmark_compares_the_variants():
     out = _run("search_step.py", "--C", "4", "--layers", "3", "--batch", "4", "--size", "8", "--repeats", "1",
                "--spaces", "darts", "--weightings", "scalar", "--checkpointing", "off", "on")  # fmt: skip
@@ -32,12 +34,14 @@ def test_search_step_benchmark_compares_the_variants():
     assert "each precision against 'fp32'" in out
 
 
+@serial
 def test_search_step_benchmark_runs_the_second_order_step():
     out = _run("search_step.py", "--C", "4", "--layers", "3", "--batch", "4", "--size", "8", "--repeats", "1",
                "--spaces", "darts", "sharper_darts", "--weightings", "max_w", "--order", "2", "--precisions", "fp32")  # fmt: skip
     assert "order 2" in out and len([line for line in out.splitlines() if " max_w " in line]) >= 2
 
 
+@serial
 def test_dilated_conv_benchmark_prints_a_ratio_per_shape():
     out = _run("dilated_conv.py", "--batch", "2", "--repeats", "1")
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
@@ -56,6 +60,7 @@ def test_tune_overhead_benchmark_prints_the_ratio_and_where_the_time_goes():
     assert "ratio service / plain:" in out and "start-up until the first epoch began" in out
 
 
+@serial
 def test_retrain_step_benchmark_compares_precisions_and_formats():
     out = _run("retrain_step.py", "--init-channels", "4", "--layers", "3", "--batch", "8", "--steps", "1",
                "--repeats", "1", "--variants", "fp32:contiguous", "bf16:channels_last")  # fmt: skip
@@ -67,6 +72,7 @@ def test_ddp_benchmark_prints_its_scaling_over_one_worker():
     assert "ratio DDP / single:" in out and "throughput DDP 2 workers / 1 worker" in out
 
 
+@serial
 def test_gpu_check_script_runs_end_to_end_on_the_cpu_at_toy_size():
     """The GPU check's three parts, on the CPU at toy sizes (the device tool lends a GPU to some sessions only)."""
     import os
