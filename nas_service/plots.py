@@ -29,7 +29,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .drawing import draw  # noqa: E402
 from .stage_kinds import STAGE_KINDS  # noqa: E402
-from .statistics import summarize  # noqa: E402
+from .report import replicate_keys, replicate_means  # noqa: E402
+from .statistics import Summary, summarize  # noqa: E402
 
 __all__ = ["ReportFigure", "render_figures", "pareto_front", "arm_labels"]
 
@@ -84,10 +85,13 @@ def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text)[:80]
 
 
-def _with_arms(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
-    """The epoch rows of finished trials with their stage kind and arm label."""
+def with_arms(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """The epoch rows of finished trials with their stage kind, arm label and replicate (as the tables
+    count them: ``report.replicate_keys``, computed over all trials so lineage reaches the searches)."""
+    replicate = dict(zip(trials["trial_id"], replicate_keys(trials)))
     done = trials[trials["status"] == "finished"]
-    info = pd.DataFrame({"trial_id": done["trial_id"], "kind": done["stage_kind"], "arm_label": arm_labels(done)})
+    info = pd.DataFrame({"trial_id": done["trial_id"], "kind": done["stage_kind"], "arm_label": arm_labels(done),
+                         "replicate": [replicate[t] for t in done["trial_id"]]})  # fmt: skip
     return epochs.merge(info, on="trial_id", how="inner")
 
 
@@ -98,27 +102,35 @@ def _by_stage(trials: pd.DataFrame, rows: pd.DataFrame) -> list[tuple[str, pd.Da
     return [(stage, groups[stage]) for stage in order if stage in groups]
 
 
-def _band(ax: Any, frame: pd.DataFrame, metric: str, label: str) -> bool:
-    """Mean of ``metric`` per epoch over the arm's trials, with the 95% t band where n >= 3."""
-    rows = []
-    for epoch, group in frame.groupby("epoch"):
-        s = summarize(list(pd.to_numeric(group[metric], errors="coerce")))
+def arm_curve(rows: pd.DataFrame, metric: str) -> list[tuple[int, Summary]]:
+    """Per epoch, ``metric`` over the arm's replicates (``rows``: its epoch rows with a ``replicate``
+    column): each replicate is the mean of its trials at that epoch, as in the tables, so five retrains of
+    one searched architecture are one point of the band, not five."""
+    out = []
+    for epoch, group in rows.groupby("epoch"):
+        s = summarize(list(replicate_means(group, metric).values()))
         if s.n:
-            rows.append((int(epoch), s.mean, s.ci_low, s.ci_high, s.n))
-    if not rows:
+            out.append((int(epoch), s))
+    return out
+
+
+def _band(ax: Any, frame: pd.DataFrame, metric: str, label: str) -> bool:
+    """The arm's curve (:func:`arm_curve`): the mean per epoch, with the 95% t band where n >= 3."""
+    curve = arm_curve(frame, metric)
+    if not curve:
         return False
-    x = np.array([r[0] for r in rows])
-    mean = np.array([r[1] for r in rows])
-    n = max(r[4] for r in rows)
-    (line,) = ax.plot(x, mean, marker="o", markersize=3, label=f"{label} (n={n})")
-    if all(r[2] is not None for r in rows):
-        ax.fill_between(x, [r[2] for r in rows], [r[3] for r in rows], color=line.get_color(), alpha=0.2)
+    x = np.array([epoch for epoch, _ in curve])
+    n = max(s.n for _, s in curve)
+    (line,) = ax.plot(x, [s.mean for _, s in curve], marker="o", markersize=3, label=f"{label} (n={n})")
+    if all(s.ci_low is not None for _, s in curve):
+        ax.fill_between(x, [s.ci_low for _, s in curve], [s.ci_high for _, s in curve], color=line.get_color(),
+                        alpha=0.2)  # fmt: skip
     return True
 
 
 def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, folder: Path) -> list[ReportFigure]:
     """Per stage: the kind's epoch metric per arm against the epoch."""
-    data = _with_arms(trials, epochs)
+    data = with_arms(trials, epochs)
     out = []
     for stage, group in _by_stage(trials, data):
         kind = group["kind"].iloc[0]
@@ -135,8 +147,8 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, folder: Path) ->
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         out.append(ReportFigure("Learning curves", f"{stage}: {metric}",
-                                "Mean over the arm's trials; the band is their 95% t interval (n >= 3 only). Retrains "
-                                "of one searched architecture count separately here, unlike the tables.",
+                                "Mean over the arm's replicates, counted as in the tables (the retrains of one "
+                                "searched architecture are one); the band is their 95% t interval (n >= 3 only).",
                                 _save(fig, folder, f"curves-{_safe(stage)}")))  # fmt: skip
     return out
 
@@ -196,7 +208,7 @@ def error_vs_cost(trials: pd.DataFrame, epochs: pd.DataFrame, folder: Path) -> l
 
 def collapse_telemetry(trials: pd.DataFrame, epochs: pd.DataFrame, folder: Path) -> list[ReportFigure]:
     """Per search stage: the collapse signals the search records every epoch, per arm."""
-    data = _with_arms(trials, epochs)
+    data = with_arms(trials, epochs)
     out = []
     for stage, group in _by_stage(trials, data):
         present = [m for m in TELEMETRY if m in group and pd.to_numeric(group[m], errors="coerce").notna().any()]

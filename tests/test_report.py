@@ -11,6 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
+from nas_service.plots import with_arms, arm_curve
 from nas_service.report import arm_table, comparison_table, format_report, main_effect_table
 from nas_service.report_page import ReportData, load_report_data, spec_baselines, write_report
 from nas_service.results import ResultsStore
@@ -90,6 +91,29 @@ def test_retrains_of_one_searched_architecture_are_one_replicate_not_several(tmp
     row = comparison_table(trials, {"retrain": "path=HUMAN"}).set_index("arm").loc["from search: dhgs"]
     assert row["pairing"] == "unpaired (3 vs 3)"  # search seeds and own seeds are not the same replicates
     assert row["difference"].startswith("+0.0200 [")
+
+
+def test_learning_curves_count_replicates_as_the_tables_do(tmp_path) -> None:
+    # 2 searches x 3 retrains of each one's architecture: the curve has 2 replicates per epoch, each the
+    # mean of its search's 3 retrains (the band used to treat them as 6 independent trials).
+    store = ResultsStore(tmp_path, "exp")
+    for seed in (0, 1):
+        store.write_trial(f"s{seed}", 0, {"stage": "search", "stage_kind": "hypercuboid_search", "status": "finished",
+                                          "seed": seed, "arm": "a-search", "config": {"seed": seed},
+                                          "best": {"valid_acc": 0.9}, "wall_seconds": 100.0})  # fmt: skip
+    per_search = {0: (0.90, 0.92, 0.94), 1: (0.95, 0.96, 0.97)}  # means 0.92 and 0.96
+    for search, values in per_search.items():
+        for own, value in enumerate(values):
+            _retrain(store, f"d{search}{own}", "a-dhgs", own, value, parent=f"s{search}")
+            for epoch in (1, 2):
+                store.write_epoch(f"d{search}{own}", 0, {"stage": "retrain", "epoch": epoch, "seed": own,
+                                                         "valid_top1": value - 0.1 * (2 - epoch)})  # fmt: skip
+    data = load_report_data([store])
+    rows = with_arms(data.trials, data.epochs)
+    curve = arm_curve(rows[rows["arm_label"] == "from search: dhgs"], "valid_top1")
+    assert [epoch for epoch, _ in curve] == [1, 2]
+    assert all(s.n == 2 for _, s in curve)
+    assert curve[1][1].mean == pytest.approx(0.94) and curve[0][1].mean == pytest.approx(0.84)
 
 
 def test_a_baseline_the_stage_does_not_have_is_refused_with_its_arms(trials) -> None:
