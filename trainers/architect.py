@@ -6,14 +6,12 @@ network and the HyperCuboid), and for every named space and weighting.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
-
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from .config import ArchOptimConfig, OptimConfig
-from .precision import Precision
+from .precision import Precision, autocast_of
 
 __all__ = ["Architect", "unrolled_arch_gradients"]
 
@@ -57,7 +55,7 @@ class Architect:
         """One Adam step on the architecture weights; returns the validation loss."""
         arch = self.model.arch_parameters()
         if self.config.order == 1:
-            with _autocast(self.precision):
+            with autocast_of(self.precision):
                 logits = self.model(x_val)
             loss = self.criterion(logits.float(), y_val)
             # Gradients for the architecture only: the conv weight-gradient kernels are skipped.
@@ -80,10 +78,6 @@ class Architect:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
-
-
-def _autocast(precision: Precision | None) -> AbstractContextManager[None]:
-    return precision.autocast() if precision is not None else nullcontext()
 
 
 def _momentum_buffers(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> list[torch.Tensor | None]:
@@ -129,7 +123,7 @@ def unrolled_arch_gradients(
         params = dict(zip(names, weight_values))
         params.update(dict(arch_named))
         buffers = {n: b.clone() for n, b in model.named_buffers()}
-        with _autocast(precision):
+        with autocast_of(precision):
             logits = functional_call(model, (params, buffers), (x,))
         return criterion(logits.float(), y)
 

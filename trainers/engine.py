@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .precision import Precision
+from .precision import Precision, autocast_of
 
 __all__ = [
     "DivergedError",
@@ -182,7 +182,6 @@ def train_one_epoch(
     model.train()
     sums = torch.zeros(4, dtype=torch.float64)  # loss*n, top1, top5, n
     start = time.perf_counter()
-    precision = precision or Precision("fp32", device.type)
     for step, batch in enumerate(batches):
         if max_steps is not None and step >= max_steps:
             break
@@ -190,7 +189,7 @@ def train_one_epoch(
         if before_step is not None:
             before_step(step, x, y)
         optimizer.zero_grad(set_to_none=True)
-        with precision.autocast():
+        with autocast_of(precision):
             logits, aux = _split_output(model(x))
         loss = criterion(logits.float(), y)
         if aux is not None and aux_weight > 0:
@@ -257,7 +256,6 @@ def evaluate(
     runs under ``precision``'s autocast, the loss in fp32."""
     hooks = hooks or Hooks()
     criterion = criterion or nn.CrossEntropyLoss()
-    precision = precision or Precision("fp32", device.type)
     was_training = model.training
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64)  # loss*n, top1, top5, n, non-finite batches
@@ -267,7 +265,7 @@ def evaluate(
         if max_steps is not None and step >= max_steps:
             break
         x, y = to_device(batch, device, memory_format)
-        with precision.autocast():
+        with autocast_of(precision):
             logits, _ = _split_output(model(x))
         loss = float(criterion(logits.float(), y))
         if not math.isfinite(loss):

@@ -18,14 +18,14 @@ AVX512-BF16 or AMX, a CUDA device of compute capability 8.0 or newer) and fp32 e
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from .config import PRECISIONS
 
-__all__ = ["PRECISIONS", "Precision", "native_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "Precision", "autocast_of", "native_bf16", "resolve_precision"]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -61,6 +61,11 @@ class Precision:
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         """A loss scaler for fp16, None otherwise (bf16 has fp32's exponent range)."""
         return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
+
+
+def autocast_of(precision: Precision | None) -> AbstractContextManager[None]:
+    """The context a forward pass runs in under ``precision``; None, every loop's default, is fp32 (none)."""
+    return precision.autocast() if precision is not None else nullcontext()
 
 
 def resolve_precision(setting: str, device: torch.device) -> Precision:

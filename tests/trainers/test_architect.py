@@ -117,4 +117,4 @@ def test_an_architecture_step_moves_the_weights_down_the_validation_gradient(wei
     assert moved > 0
     for _ in range(9):
         architect.step(x, y, x, y, lr=0.0, weight_optimizer=weights)
-    assert float(val_loss()) < start
+    assert float(val_loss().detach()) < start
