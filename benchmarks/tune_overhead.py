@@ -14,8 +14,8 @@ Prints both wall times and their ratio, then where the service's extra time goes
 start-up until the first epoch row (Ray, Tune, the first trial actor, data), each trial's wall time beyond
 its epochs' own seconds (actor start, checkpoint and row writes), and the rest (scheduling gaps, the report).
 
-    .venv/bin/python benchmarks/tune_overhead.py                   # 4 trials, 2 at a time
-    .venv/bin/python benchmarks/tune_overhead.py --trials 6 --epochs 4
+    .venv/bin/python benchmarks/tune_overhead.py                   # 4 trials of 20 epochs, 2 at a time
+    .venv/bin/python benchmarks/tune_overhead.py --trials 6 --epochs 3  # short trials: start-up dominates
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def where_it_went(storage: Path, name: str, started_at: float, wall: float) -> d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=3, help="per trial (about 7 s each on one core)")
+    parser.add_argument("--epochs", type=int, default=20, help="per trial (about 1 s each on one core)")
     parser.add_argument("--cpus", type=int, default=2, help="trials at a time (1 CPU each) = plain processes")
     args = parser.parse_args(argv)
 
