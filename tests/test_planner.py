@@ -144,7 +144,8 @@ def test_id_is_the_hash_of_stage_kind_and_config() -> None:
     for field in ("root", "download", "num_workers"):  # location fields are not part of the identity
         payload["config"]["data"].pop(field)
     payload["config"].pop("activation_checkpointing")  # nor how memory is spent
-    assert payload["config"]["data"].pop("random_shift") == 0  # a field added later, at its default
+    assert payload["config"]["data"].pop("random_shift") == 0  # fields added later, at their defaults
+    assert payload["config"]["arch"].pop("warmup_epochs") == 0
     assert payload["config"].pop("precision") == "fp32"  # a field that replaced `amp`, spelt the old way
     payload["config"]["amp"] = False
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))

@@ -120,15 +120,22 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ArchOptimConfig:
-    """Adam for the architecture weights (spec section 8)."""
+    """Adam for the architecture weights (spec section 8).
+
+    ``warmup_epochs``: epochs of weight-only training before the first architecture step (0: the paper,
+    architecture steps from the first batch), so that every candidate op or path is trained before the
+    architecture weights start to choose between them.
+    """
 
     lr: float = 3e-4
     betas: Annotated[tuple[float, float], _FROM_LIST] = (0.5, 0.999)
     weight_decay: float = 1e-3
     order: Literal[1, 2] = 1
+    warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
         _check(self.order in (1, 2), "arch.order", "1 (first order) or 2 (unrolled)", self.order)
+        _check(self.warmup_epochs >= 0, "arch.warmup_epochs", ">= 0", self.warmup_epochs)
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,10 @@ class CellSearchConfig(_Common):
     stem_multiplier: int = 3
     arch: ArchOptimConfig = field(default_factory=ArchOptimConfig)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_arch_warmup(self)
+
 
 @dataclass(frozen=True)
 class HyperCuboidSearchConfig(_Common):
@@ -200,6 +211,12 @@ class HyperCuboidSearchConfig(_Common):
         super().__post_init__()
         _check(len(self.channels) >= 1 and all(c >= 1 for c in self.channels), "channels",
                "a non-empty list of positive widths", self.channels)  # fmt: skip
+        _check_arch_warmup(self)
+
+
+def _check_arch_warmup(config: CellSearchConfig | HyperCuboidSearchConfig) -> None:
+    _check(config.arch.warmup_epochs < config.epochs, "arch.warmup_epochs",
+           "< epochs (at least one epoch must search)", (config.arch.warmup_epochs, config.epochs))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ RESULT_NEUTRAL_FIELDS: tuple[tuple[str, ...], ...] = (
 # Fields added after trial ids were first recorded, with the default that computes what configs without
 # them computed: left out of a config's identity while at that default, so adding a field never turns
 # finished trials into new ones. A new field with such a default goes here.
-LATER_FIELDS: dict[tuple[str, ...], Any] = {("data", "random_shift"): 0}
+LATER_FIELDS: dict[tuple[str, ...], Any] = {("data", "random_shift"): 0, ("arch", "warmup_epochs"): 0}
 
 # Top-level fields that replaced an older one: ``new: (value, old, old value)``. At ``value`` the config
 # computes what the old field at ``old value`` computed, and its identity spells it the old way, so replacing

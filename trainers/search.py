@@ -121,9 +121,10 @@ def _bilevel_search(
         train_batches = make_loader(splits.train, batch_size=bs, shuffle=True, seed=config.seed, epoch=epoch,
                                     drop_last=True, num_workers=config.data.num_workers)  # fmt: skip
         start = time.perf_counter()
+        searching = epoch > config.arch.warmup_epochs  # weight-only epochs first (arch.warmup_epochs)
         train = train_one_epoch(
             model, train_batches, weight_optimizer, epoch=epoch, device=device, memory_format=memory_format,
-            grad_clip=config.optim.grad_clip, before_step=architecture_step,
+            grad_clip=config.optim.grad_clip, before_step=architecture_step if searching else None,
             max_steps=config.max_steps_per_epoch, hooks=hooks, precision=precision, scaler=scaler,
         )  # fmt: skip
         valid = evaluate(
@@ -138,7 +139,8 @@ def _bilevel_search(
             "train_acc": train.top1,
             "valid_loss": valid.loss,
             "valid_acc": valid.top1,
-            "arch_loss": sum(arch_losses) / max(len(arch_losses), 1),
+            # Mean over the epoch's architecture steps; none in a weight-only warm-up epoch.
+            **({"arch_loss": sum(arch_losses) / len(arch_losses)} if arch_losses else {}),
             "epoch_seconds": seconds,
             # Every training image is seen twice per step (weights) and once more for the architecture.
             "images_per_second": train.samples / seconds if seconds > 0 else 0.0,
@@ -163,10 +165,13 @@ def _bilevel_search(
 
 
 def summarize_search(history: list[dict[str, Any]], config: Any) -> dict[str, Any]:
-    """Chooses the architecture of the best search-validation epoch (spec 3.5) and keeps the last one."""
+    """Chooses the architecture of the best search-validation epoch (spec 3.5) and keeps the last one.
+    Epochs of the architecture warm-up (``arch.warmup_epochs``) are not candidates: nothing chose their
+    architecture."""
     if not history:
         raise ValueError("summarize_search: no finished epoch to choose from")
-    best = max(history, key=lambda m: (m["valid_acc"], -m["epoch"]))
+    searched = [m for m in history if m["epoch"] > config.arch.warmup_epochs] or history
+    best = max(searched, key=lambda m: (m["valid_acc"], -m["epoch"]))
     key = "genotype" if config.kind == "cell_search" else "path"
     out = {
         "kind": config.kind,

@@ -10,9 +10,11 @@ import torch
 
 from search_spaces.spaces import list_search_spaces
 from search_spaces.weighting import list_weightings
+from trainers.architect import Architect
 from trainers.checkpoints import CheckpointFallbackWarning, latest_checkpoint, list_epoch_checkpoints
 from trainers.config import ConfigError, config_from_dict, get_recipe, with_overrides
 from trainers.engine import DivergedError, Hooks
+from trainers.identity import without_result_neutral_fields
 from trainers.loop import ResumeMismatchError
 from trainers.retrain import run_retrain, score_checkpoint
 from trainers.search import run_cell_search, run_hypercuboid_search
@@ -76,6 +78,37 @@ def test_retrain_darts_v2_on_digits_reaches_90_percent_test(tmp_path):
     scored = score_checkpoint(tmp_path / "best.pt", "digits")
     assert scored["epoch"] == summary["best_epoch"]
     assert scored["top1"] == pytest.approx(summary["test_top1_at_best"])
+
+
+@pytest.mark.parametrize("kind", ["cell_search", "hypercuboid_search"])
+def test_an_architecture_warmup_trains_weights_only_and_is_never_selected(kind, tmp_path, monkeypatch):
+    recipe = {"cell_search": "digits_search", "hypercuboid_search": "digits_hypercuboid_search"}[kind]
+    config = with_overrides(get_recipe(recipe), {"epochs": 2, "max_steps_per_epoch": 2, "arch": {"warmup_epochs": 1},
+                                                 "schedule": {"warmup_epochs": 0}})  # fmt: skip
+    steps, per_epoch = [], []  # architecture steps taken; their count at the end of each epoch
+    real_step = Architect.step
+    monkeypatch.setattr(Architect, "step", lambda self, *a, **k: steps.append(1) or real_step(self, *a, **k))
+
+    run = run_cell_search if kind == "cell_search" else run_hypercuboid_search
+    summary = run(config, workdir=tmp_path, hooks=Hooks(report=lambda metrics, checkpoint: per_epoch.append(len(steps))))
+    assert per_epoch == [0, 2]  # epoch 1: weights only; epoch 2: an architecture step before each weight step
+    history = summary["history"]
+    assert "arch_loss" not in history[0] and "arch_loss" in history[1]
+    assert summary["best_epoch"] == 2  # the warm-up epoch is no candidate
+
+
+def test_an_architecture_warmup_must_leave_an_epoch_to_search_and_is_part_of_the_identity():
+    from trainers.config import config_to_dict
+    from trainers.identity import same_computation
+
+    plain = config_to_dict(get_recipe("digits_search"))
+    assert "warmup_epochs" not in without_result_neutral_fields(plain)["arch"]  # at 0: ids recorded before stay
+    warm = config_to_dict(with_overrides(get_recipe("digits_search"), {"arch": {"warmup_epochs": 2}}))
+    assert not same_computation(plain, warm)
+    with pytest.raises(ConfigError, match=r"arch.warmup_epochs: must be < epochs"):
+        with_overrides(get_recipe("digits_search"), {"epochs": 3, "arch": {"warmup_epochs": 3}})
+    with pytest.raises(ConfigError, match=r"arch.warmup_epochs: must be >= 0"):
+        with_overrides(get_recipe("digits_hypercuboid_search"), {"arch": {"warmup_epochs": -1}})
 
 
 def test_retrain_of_a_path_and_the_paper_protocol_label(tmp_path):
