@@ -86,3 +86,11 @@ def test_gpu_check_script_runs_end_to_end_on_the_cpu_at_toy_size():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "each precision against 'fp32'" in done.stdout and "bf16:channels_last" in done.stdout
     assert "[cell_search] epoch 1/1" in done.stdout and "one-epoch search:" in done.stdout
+
+
+def test_dhgs_seed_agreement_prints_each_arm():
+    out = _run("dhgs_seed_agreement.py", "--seeds", "2", "--weightings", "scalar", "max_w", "--variant",
+               '{"epochs": 2, "max_steps_per_epoch": 2, "schedule": {"warmup_epochs": 0}, "arch": {"warmup_epochs": 1}}')  # fmt: skip
+    rows = [line.split() for line in out.splitlines() if line.rstrip().endswith("of 2")]
+    assert [row[-7] for row in rows] == ["scalar", "max_w"], out
+
