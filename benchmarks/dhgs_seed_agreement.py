@@ -28,7 +28,8 @@ def search(variant: dict[str, Any], weighting: str, seed: int) -> dict[str, Any]
     from trainers.search import run_hypercuboid_search
 
     torch.set_num_threads(1)
-    config = with_overrides(get_recipe("digits_hypercuboid_search"), {**variant, "weighting": weighting, "seed": seed})
+    overrides = {**variant, "weighting": weighting, "seed": seed}
+    config = with_overrides(get_recipe("digits_hypercuboid_search"), overrides)
     with tempfile.TemporaryDirectory() as workdir:
         summary = run_hypercuboid_search(config, workdir=workdir)
     selected = summary["history"][summary["best_epoch"] - 1]
@@ -68,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         shared, most = agreement([r["path"] for r in arm])
         entropy = sum(r["entropy"] for r in arm) / len(arm)
         accuracy = sum(r["valid_acc"] for r in arm) / len(arm)
-        print(f"{json.dumps(variants[v]) if variants[v] else 'preset':48} {weighting:9} {entropy:7.2f} {accuracy:6.3f} {shared:6.2f} "
-              f"{most:>5} of {len(arm)}")  # fmt: skip
+        label = json.dumps(variants[v]) if variants[v] else "preset"
+        print(f"{label:48} {weighting:9} {entropy:7.2f} {accuracy:6.3f} {shared:6.2f} "
+              f"{most:>5} of {len(arm)}")
     return 0
 
 

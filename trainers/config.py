@@ -137,6 +137,10 @@ class ArchOptimConfig:
         _check(self.order in (1, 2), "arch.order", "1 (first order) or 2 (unrolled)", self.order)
         _check(self.warmup_epochs >= 0, "arch.warmup_epochs", ">= 0", self.warmup_epochs)
 
+    def searches_in(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (1-based) takes architecture steps: every epoch after the warm-up."""
+        return epoch > self.warmup_epochs
+
 
 @dataclass(frozen=True)
 class _Common:

@@ -121,10 +121,10 @@ def _bilevel_search(
         train_batches = make_loader(splits.train, batch_size=bs, shuffle=True, seed=config.seed, epoch=epoch,
                                     drop_last=True, num_workers=config.data.num_workers)  # fmt: skip
         start = time.perf_counter()
-        searching = epoch > config.arch.warmup_epochs  # weight-only epochs first (arch.warmup_epochs)
+        arch_step = architecture_step if config.arch.searches_in(epoch) else None  # none in the warm-up
         train = train_one_epoch(
             model, train_batches, weight_optimizer, epoch=epoch, device=device, memory_format=memory_format,
-            grad_clip=config.optim.grad_clip, before_step=architecture_step if searching else None,
+            grad_clip=config.optim.grad_clip, before_step=arch_step,
             max_steps=config.max_steps_per_epoch, hooks=hooks, precision=precision, scaler=scaler,
         )  # fmt: skip
         valid = evaluate(
@@ -170,7 +170,7 @@ def summarize_search(history: list[dict[str, Any]], config: Any) -> dict[str, An
     architecture."""
     if not history:
         raise ValueError("summarize_search: no finished epoch to choose from")
-    searched = [m for m in history if m["epoch"] > config.arch.warmup_epochs] or history
+    searched = [m for m in history if config.arch.searches_in(m["epoch"])] or history
     best = max(searched, key=lambda m: (m["valid_acc"], -m["epoch"]))
     key = "genotype" if config.kind == "cell_search" else "path"
     out = {
