@@ -258,6 +258,8 @@ INVALID += [
                  id="grid-from-cell-search"),
     pytest.param(mutated(stages__2={**_GRID}), ["stages[2]", "candidates:, paths:, from: or optuna:"],
                  id="grid-without-candidates"),
+    pytest.param(mutated(stages__2={**_GRID, "channels": [8, 16, 8], "layers": 1, "optuna": {"trials": 2}}),
+                 ["stages[2].channels", "distinct", "8 appears twice"], id="grid-duplicate-channels"),
 ]  # fmt: skip
 
 

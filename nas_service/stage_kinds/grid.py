@@ -49,6 +49,11 @@ class GridStage(TrainStageBase):
         "refuse", description="fixed paths off the stage's grid (channels, layers, head_channels): refused "
         "unless `allow`, so a comparison on one grid cannot silently mix in another grid's paths")
 
+    @field_validator("channels")
+    @classmethod
+    def _distinct_channels(cls, v: list[int] | None) -> list[int] | None:
+        return v if v is None else unique(v)
+
 
 def off_grid_reasons(path: HyperCuboidPath, channels: list[int], layers: int, head_channels: int) -> list[str]:
     """Why ``path`` is not a path of the grid (empty when it is one)."""
@@ -61,11 +66,6 @@ def off_grid_reasons(path: HyperCuboidPath, channels: list[int], layers: int, he
     if path.head_channels != head_channels:
         reasons.append(f"head {path.head_channels}, the grid's is {head_channels}")
     return reasons
-
-    @field_validator("channels")
-    @classmethod
-    def _distinct_channels(cls, v: list[int] | None) -> list[int] | None:
-        return v if v is None else unique(v)
 
 
 def _check(spec: Any, stage: GridStage, where: str, upstream_stage: Any) -> list[Issue]:
