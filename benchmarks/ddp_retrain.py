@@ -70,16 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         shutdown_ray()
 
     def train_seconds(summary: dict) -> float:
-        return sum(m["epoch_seconds"] for m in summary["history"])
+        return sum(m["epoch_seconds"] for m in summary.history)
 
-    images = sum(m["images_per_second"] * m["epoch_seconds"] for m in single["history"])
+    images = sum(m["images_per_second"] * m["epoch_seconds"] for m in single.history)
     rows = [
         (f"single process, {args.threads_per_worker} threads", one_worker_wall, train_seconds(one_worker),
-         one_worker["history"][-1]),
-        (f"single process, {cores} threads", single_wall, train_seconds(single), single["history"][-1]),
+         one_worker.history[-1]),
+        (f"single process, {cores} threads", single_wall, train_seconds(single), single.history[-1]),
         (f"DDP, {args.workers} workers x {args.threads_per_worker} threads"
          + (", local BN" if args.no_sync_batchnorm else ""), ddp_wall, train_seconds(ddp),
-         ddp["history"][-1]),
+         ddp.history[-1]),
     ]  # fmt: skip
     print(f"digits_retrain C={args.init_channels} layers={args.layers} global batch {args.batch_size}, "
           f"{args.epochs} epochs, {images / args.epochs:.0f} training images per epoch")  # fmt: skip

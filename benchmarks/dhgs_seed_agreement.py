@@ -32,9 +32,9 @@ def search(variant: dict[str, Any], weighting: str, seed: int) -> dict[str, Any]
     config = with_overrides(get_recipe("digits_hypercuboid_search"), overrides)
     with tempfile.TemporaryDirectory() as workdir:
         summary = run_hypercuboid_search(config, workdir=workdir)
-    selected = summary["history"][summary["best_epoch"] - 1]
-    return {"path": summary["best_path"], "entropy": selected["arch_entropy_normalized"],
-            "valid_acc": summary["best_valid_acc"]}  # fmt: skip
+    selected = summary.history[summary.best_epoch - 1]
+    return {"path": summary.best_path, "entropy": selected["arch_entropy_normalized"],
+            "valid_acc": summary.best_valid_acc}  # fmt: skip
 
 
 def decisions(path: dict[str, Any]) -> list[Any]:

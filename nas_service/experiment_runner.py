@@ -64,7 +64,7 @@ def upstream_from_store(store: ResultsStore) -> Callable[[str], list[UpstreamRes
             if row["status"] == "finished" and isinstance(raw, str) and kind.upstream is not None:
                 summary = json.loads(raw)
                 summary["history"] = summary.pop("history_tail", [])
-                out.append(kind.upstream(row["trial_id"], summary))
+                out.append(kind.upstream(row["trial_id"], kind.summary_type.from_dict(summary)))
             else:
                 config = json.loads(row["config_json"]) if isinstance(row.get("config_json"), str) else {}
                 out.append(UpstreamResult(row["trial_id"], int(row["seed"]), config, status=row["status"]))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from trainers.config import config_to_dict
+from trainers.summary import RunSummary
 
 from .location import ExperimentLocation
 from .results import ResultsStore
@@ -48,7 +48,7 @@ class TrialEdge(Protocol):
     def report(self, metrics: Mapping[str, Any], checkpoint: Path | None, workdir: Path) -> None:
         """Reports one epoch's metrics (and its checkpoint file, when there is one) to the scheduler."""
 
-    def run_ddp(self, trial: Trial, workdir: Path, report: Report, on_start: Callable[[int], None]) -> dict[str, Any]:
+    def run_ddp(self, trial: Trial, workdir: Path, report: Report, on_start: Callable[[int], None]) -> RunSummary:
         """Runs a DDP trial (``trial.ddp``) across workers; ``on_start(epoch)`` at each worker-group start."""
 
     def gpus_held(self, trial: Trial) -> float:
@@ -94,7 +94,7 @@ def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> No
         nonlocal attempt
         attempt = epoch
 
-    def row(summary: Mapping[str, Any] | None, status: str, error: str | None = None) -> dict[str, Any]:
+    def row(summary: RunSummary | None, status: str, error: str | None = None) -> dict[str, Any]:
         # The trial's cost is every attempt's: earlier ones by their recorded epochs' seconds.
         per_attempt = [*earlier.values(), time.time() - started]
         wall = float(sum(per_attempt))
@@ -112,13 +112,13 @@ def run_trial(trial: Trial, location: ExperimentLocation, edge: TrialEdge) -> No
             summary = edge.run_ddp(trial, workdir, report, restarted_from)
         else:
             assert kind.run_trial is not None, f"stage kind {kind.name!r} runs in the driver, not as trials"
-            summary = dict(kind.run_trial(trial, workdir, Hooks(report=report, log=lambda line: None)))
+            summary = kind.run_trial(trial, workdir, Hooks(report=report, log=lambda line: None))
     except DivergedError as err:
         store.write_trial(trial.trial_id, attempt, row(None, "diverged", str(err)))
         store.compact_trial(trial.trial_id)
         edge.report({"diverged": 1}, None, workdir)
         return
-    _backfill_epochs(store, trial, attempt, summary.get("history") or [])
+    _backfill_epochs(store, trial, attempt, summary.history)
     store.write_trial(trial.trial_id, attempt, row(summary, "finished"))
     # The trial has ended: its one-row parts become one part per table (a kill here loses nothing).
     store.compact_trial(trial.trial_id)
@@ -245,7 +245,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
-def summary_row(trial: Trial, summary: Mapping[str, Any] | None, *, status: str, wall: float, cpu: float,
+def summary_row(trial: Trial, summary: RunSummary | None, *, status: str, wall: float, cpu: float,
                 gpu: float | None = None, error: str | None = None) -> dict[str, Any]:  # fmt: skip
     """The results-store trial row of a finished (or diverged) trial; ``gpu``: GPUs held x wall seconds."""
     row: dict[str, Any] = {
@@ -268,24 +268,21 @@ def summary_row(trial: Trial, summary: Mapping[str, Any] | None, *, status: str,
     }
     if summary is None:
         return row
-    kind = STAGE_KINDS.get(trial.kind)
-    history = summary.get("history") or []
-    metric = "test_top1" if (summary.get("protocol") or "").startswith("paper") else kind.epoch_metric
-    best = history[summary["best_epoch"] - 1] if history else {}
-    brief = {k: v for k, v in summary.items() if k != "history"}
+    history = summary.history
+    paper = (summary.protocol or "").startswith("paper")
     row.update(
-        epochs_completed=summary.get("epochs_run"),
-        best_epoch=summary.get("best_epoch"),
-        best_metric=metric,
-        best={k: v for k, v in best.items() if isinstance(v, (int, float))},
+        epochs_completed=summary.epochs_run,
+        best_epoch=summary.best_epoch,
+        best_metric="test_top1" if paper else STAGE_KINDS.get(trial.kind).epoch_metric,
+        best={k: v for k, v in summary.best.items() if isinstance(v, (int, float))},
         last={k: v for k, v in (history[-1] if history else {}).items() if isinstance(v, (int, float))},
-        params=summary.get("params"),
-        multiply_adds=summary.get("multiply_adds"),
-        protocol=summary.get("protocol"),
-        **kind.architecture(summary),
+        params=summary.params,
+        multiply_adds=summary.multiply_adds,
+        protocol=summary.protocol,
+        **summary.architecture(),
     )
-    config = brief.get("config", trial.config)
-    brief["config"] = config if isinstance(config, dict) else config_to_dict(config)
+    # The summary without its history but with the last epoch: what later stages' upstream results read.
+    brief = {k: v for k, v in summary.to_dict().items() if k != "history"}
     row["extra"]["summary_json"] = json.dumps({**brief, "history_tail": history[-1:]})
     return row
 

@@ -69,7 +69,7 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store.write_experiment_record({"spec": spec.model_dump(mode="json", by_alias=True)})
     genotype = get_published("DARTS_V2").genotype.to_dict()
     for trial in plan(spec).stage("search").trials:
-        summary = {"config": dict(trial.config), "best_genotype": genotype, "last_genotype": genotype,
+        summary = {"kind": "cell_search", "config": dict(trial.config), "best_genotype": genotype, "last_genotype": genotype,
                    "best_valid_acc": 0.5, "history_tail": []}  # fmt: skip
         store.write_trial(trial.trial_id, 0, {
             "stage": "search", "stage_kind": "cell_search", "status": "finished", "config": dict(trial.config),

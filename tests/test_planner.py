@@ -376,19 +376,27 @@ def test_retraining_a_path_clears_the_recipes_genotype() -> None:
 
 
 def test_each_stage_kind_reads_its_trainers_summary_into_an_upstream_result() -> None:
+    """As the runner does with a results row's summary (an unknown key, as rows may hold, is ignored)."""
     from nas_service.stage_kinds import get_stage_kind
+
+    def upstream(kind: str, trial_id: str, summary: dict) -> Any:
+        stage_kind = get_stage_kind(kind)
+        return stage_kind.upstream(trial_id, stage_kind.summary_type.from_dict({**summary, "written_by": "x"}))
 
     g, h = GENOTYPES[0], GENOTYPES[1]
     search = {"kind": "cell_search", "config": {"seed": 3, "space": "sharp_darts"}, "best_genotype": g,
               "last_genotype": h, "best_genotype_no_hack": h, "best_valid_acc": 0.7,
               "history": [{"genotype_no_hack": g}]}  # fmt: skip
-    r = get_stage_kind("cell_search").upstream("abc", search)
+    r = upstream("cell_search", "abc", search)
     assert (r.seed, r.best, r.last, r.best_no_hack, r.last_no_hack, r.score) == (3, g, h, h, g, 0.7)
     path = resolve_path("MULTI_CHANNEL_HANDMADE_PATH").to_dict()
     retrain = {"kind": "retrain", "config": {"seed": 1}, "spec": {"model": "path", "path": path},
                "best_valid_top1": None, "test_top1_at_best": 0.5}  # fmt: skip
-    r = get_stage_kind("retrain").upstream("def", retrain)
+    r = upstream("retrain", "def", retrain)
     assert (r.best, r.last, r.score) == (path, path, 0.5)
+    r = upstream("hypercuboid_search", "ghi", {"kind": "hypercuboid_search", "config": {"seed": 2},
+                                               "best_path": path, "last_path": None, "best_valid_acc": 0.6})  # fmt: skip
+    assert (r.seed, r.best, r.last, r.score) == (2, path, None, 0.6)
 
 
 # ---------------------------------------------------------------------------------------------------------

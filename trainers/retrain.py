@@ -26,6 +26,7 @@ from .data import DatasetInfo, get_dataset_info, load_data, load_test_set, make_
 from .engine import Hooks, apply_memory_format, evaluate, memory_format_for, resolve_device, train_one_epoch
 from .loop import run_epochs
 from .precision import resolve_precision
+from .summary import RetrainSummary
 
 __all__ = [
     "PROTOCOL_VALIDATION",
@@ -77,7 +78,7 @@ def run_retrain(
     workdir: str | Path,
     device: str | torch.device | None = None,
     hooks: Hooks | None = None,
-) -> dict[str, Any]:
+) -> RetrainSummary:
     """Trains (or resumes training) the configured genotype or path; returns the summary.
 
     The best weights (by the protocol's selection split) are kept in ``<workdir>/best.pt`` for scoring on
@@ -163,28 +164,19 @@ def run_retrain(
 def summarize_retrain(
     history: list[dict[str, Any]], config: RetrainConfig, spec: dict[str, Any], params: int,
     multiply_adds: int | None = None,
-) -> dict[str, Any]:
+) -> RetrainSummary:
     """Best epoch by the protocol's selection split; test metrics at that epoch and at the last one."""
     select_key = "test_top1" if config.select_on_test else "valid_top1"
     best = max(history, key=lambda m: (m[select_key], -m["epoch"]))
     last = history[-1]
-    return {
-        "kind": "retrain",
-        "protocol": PROTOCOL_PAPER if config.select_on_test else PROTOCOL_VALIDATION,
-        "config": config_to_dict(config),
-        "spec": spec,
-        "params": params,
-        "multiply_adds": multiply_adds,
-        "epochs_run": len(history),
-        "finished": last["epoch"] == config.epochs,
-        "best_epoch": best["epoch"],
-        "best_valid_top1": best.get("valid_top1"),
-        "test_top1_at_best": best.get("test_top1"),
-        "test_top5_at_best": best.get("test_top5"),
-        "test_top1_last": last.get("test_top1"),
-        "test_top5_last": last.get("test_top5"),
-        "history": history,
-    }
+    return RetrainSummary(
+        kind="retrain", protocol=PROTOCOL_PAPER if config.select_on_test else PROTOCOL_VALIDATION,
+        config=config_to_dict(config), spec=spec, params=params, multiply_adds=multiply_adds, history=history,
+        epochs_run=len(history), finished=last["epoch"] == config.epochs, best_epoch=best["epoch"],
+        best_valid_top1=best.get("valid_top1"), test_top1_at_best=best.get("test_top1"),
+        test_top5_at_best=best.get("test_top5"), test_top1_last=last.get("test_top1"),
+        test_top5_last=last.get("test_top5"),
+    )  # fmt: skip
 
 
 def score_checkpoint(

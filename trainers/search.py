@@ -27,6 +27,7 @@ from .engine import Hooks, apply_memory_format, evaluate, memory_format_for, res
 from .loop import run_epochs
 from .precision import resolve_precision
 from .metrics import normalized_entropy, op_count, parameter_free_share
+from .summary import CellSearchSummary, HyperCuboidSearchSummary
 
 __all__ = ["run_cell_search", "run_hypercuboid_search", "describe_cell_search", "describe_hypercuboid"]
 
@@ -91,7 +92,7 @@ def _bilevel_search(
     workdir: str | Path,
     device: str | torch.device | None,
     hooks: Hooks | None,
-) -> dict[str, Any]:
+) -> CellSearchSummary | HyperCuboidSearchSummary:
     hooks = hooks or Hooks()
     device = resolve_device(device)
     memory_format = memory_format_for(config.memory_format, device)
@@ -164,7 +165,7 @@ def _bilevel_search(
     return summarize_search(history, config)
 
 
-def summarize_search(history: list[dict[str, Any]], config: Any) -> dict[str, Any]:
+def summarize_search(history: list[dict[str, Any]], config: Any) -> CellSearchSummary | HyperCuboidSearchSummary:
     """Chooses the architecture of the best search-validation epoch (spec 3.5) and keeps the last one.
     Epochs of the architecture warm-up (``arch.warmup_epochs``) are not candidates: nothing chose their
     architecture."""
@@ -172,28 +173,19 @@ def summarize_search(history: list[dict[str, Any]], config: Any) -> dict[str, An
         raise ValueError("summarize_search: no finished epoch to choose from")
     searched = [m for m in history if config.arch.searches_in(m["epoch"])] or history
     best = max(searched, key=lambda m: (m["valid_acc"], -m["epoch"]))
-    key = "genotype" if config.kind == "cell_search" else "path"
-    out = {
-        "kind": config.kind,
-        "config": config_to_dict(config),
-        "epochs_run": len(history),
-        "finished": history[-1]["epoch"] == config.epochs,
-        "best_epoch": best["epoch"],
-        "best_valid_acc": best["valid_acc"],
-        "last_valid_acc": history[-1]["valid_acc"],
-        f"best_{key}": best[key],
-        f"last_{key}": history[-1][key],
-        "history": history,
-    }
-    if key == "genotype":
-        out["best_genotype_no_hack"] = best["genotype_no_hack"]
-    return out
+    common = dict(kind=config.kind, config=config_to_dict(config), history=history, epochs_run=len(history),
+                  finished=history[-1]["epoch"] == config.epochs, best_epoch=best["epoch"],
+                  best_valid_acc=best["valid_acc"], last_valid_acc=history[-1]["valid_acc"])  # fmt: skip
+    if config.kind == "cell_search":
+        return CellSearchSummary(**common, best_genotype=best["genotype"], last_genotype=history[-1]["genotype"],
+                                 best_genotype_no_hack=best["genotype_no_hack"])  # fmt: skip
+    return HyperCuboidSearchSummary(**common, best_path=best["path"], last_path=history[-1]["path"])
 
 
 def run_cell_search(
     config: CellSearchConfig, *, workdir: str | Path, device: str | torch.device | None = None,
     hooks: Hooks | None = None,
-) -> dict[str, Any]:
+) -> CellSearchSummary:
     """Runs (or resumes) a differentiable cell search; returns the summary with the chosen genotype.
 
     Example:
@@ -216,7 +208,7 @@ def run_cell_search(
 def run_hypercuboid_search(
     config: HyperCuboidSearchConfig, *, workdir: str | Path, device: str | torch.device | None = None,
     hooks: Hooks | None = None,
-) -> dict[str, Any]:
+) -> HyperCuboidSearchSummary:
     """Runs (or resumes) DHGS over the HyperCuboid; returns the summary with the extracted path."""
 
     def factory(splits: DataSplits) -> _Subject:

@@ -81,19 +81,13 @@ def _recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_config(config: Any, workdir: str, device: str, log: Any) -> dict[str, Any]:
-    """Runs a training-engine config of any kind in this process."""
-    from trainers.engine import Hooks
-    from trainers.run import run_config as run_in_process
-
-    return run_in_process(config, workdir=workdir, hooks=Hooks(log=log), device=device)
-
-
 def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from trainers.checkpoints import atomic_write_text
     from trainers.config import get_recipe, with_overrides
+    from trainers.engine import Hooks
+    from trainers.run import run_config
 
     from nas_service.location import folder_problem
 
@@ -103,10 +97,10 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"--workdir: must be a folder (or a path one can be made at): {problem}, "
                          f"got {args.workdir!r}")  # fmt: skip
     log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
-    summary = run_config(config, args.workdir, args.device, log)
+    summary = run_config(config, workdir=args.workdir, hooks=Hooks(log=log), device=args.device)
     summary_path = Path(args.workdir) / "summary.json"
-    atomic_write_text(summary_path, json.dumps(summary, indent=2))
-    brief = {k: v for k, v in summary.items() if k not in ("history", "config", "spec")}
+    atomic_write_text(summary_path, json.dumps(summary.to_dict(), indent=2))
+    brief = {k: v for k, v in summary.to_dict().items() if k not in ("history", "config", "spec")}
     print(json.dumps(brief, indent=2))
     print(f"summary written to {summary_path}", file=sys.stderr)
     return 0

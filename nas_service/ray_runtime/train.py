@@ -34,6 +34,7 @@ with another number of workers keeps rank 0's states on every rank (it cannot be
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -60,6 +61,7 @@ from trainers.distributed import (
     per_worker_batch_size,
     shard_loader,
 )
+from trainers.summary import RetrainSummary
 
 from ..digests import digest
 
@@ -160,7 +162,7 @@ def _quiet_report_lines() -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
-def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+def _train_loop_per_worker(loop_config: dict[str, Any]) -> RetrainSummary | dict[str, Any] | None:
     """One DDP worker: ``run_retrain`` with DDP hooks; rank 0 returns the summary."""
     import ray
     import ray.train
@@ -282,7 +284,7 @@ def ddp_run_name(trial_id: str, config: Any) -> str:
     return f"ddp-{trial_id}-{digest(without_later_defaults(config_to_dict(config)), 10, compact=False)}"
 
 
-def _finished_summary(config: Any, workdir: Path) -> dict[str, Any] | None:
+def _finished_summary(config: Any, workdir: Path) -> RetrainSummary | None:
     """The summary of a run whose final epoch checkpoint is already in ``workdir`` (else None)."""
     from search_spaces.networks import count_parameters
     from trainers.checkpoints import latest_intact_checkpoint, load_checkpoint
@@ -315,7 +317,7 @@ def run_ddp_retrain(
     on_start: Callable[[int], None] | None = None,
     threads: int | None = None,
     step_loss_log: str | Path | None = None,
-) -> dict[str, Any]:
+) -> RetrainSummary:
     """Retrains ``config`` (a ``RetrainConfig``) with DDP over ``workers`` Ray Train workers.
 
     Call it where Ray is initialized (a Tune trial, or a driver after ``ray.init``). One worker runs
@@ -344,7 +346,7 @@ def run_ddp_retrain(
             (``{"epoch", "step", "loss"}``); costs one extra all-reduce per step.
 
     Returns:
-        ``run_retrain``'s summary, plus ``"ddp"``: workers, run name, ``starts`` (the epoch each start
+        ``run_retrain``'s summary with ``ddp`` set: workers, run name, ``starts`` (the epoch each start
         of the worker group resumed from, e.g. ``[0, 2]`` after a worker was lost in epoch 3) and
         ``nodes`` (the Ray node rank 0 ran on, per start).
 
@@ -367,10 +369,10 @@ def run_ddp_retrain(
     ddp_info: dict[str, Any] = {"workers": workers, "run_name": run_name, "storage_path": storage_path}
     finished = _finished_summary(config, workdir)
     if finished is not None:
-        return {**finished, "ddp": {**ddp_info, "starts": [], "nodes": []}}
+        return dataclasses.replace(finished, ddp={**ddp_info, "starts": [], "nodes": []})
     if workers == 1:
         summary = run_retrain(config, workdir=workdir, hooks=Hooks(report=report, log=log))
-        return {**summary, "ddp": {**ddp_info, "starts": [], "nodes": []}}
+        return dataclasses.replace(summary, ddp={**ddp_info, "starts": [], "nodes": []})
 
     import ray
     import ray.train
@@ -451,9 +453,9 @@ def run_ddp_retrain(
         raise RuntimeError(f"Ray Train run {run_name!r} ended without a summary or a final checkpoint")
     # Epochs Ray finished but whose message was lost with a killed rank 0: hand them over now, in order.
     first = starts[0] if starts else 0
-    for metrics in summary["history"]:
+    for metrics in summary.history:
         if metrics["epoch"] > first and metrics["epoch"] not in reported:
             reported.add(metrics["epoch"])
             report(metrics, None)
     ddp_info.update(starts=starts, nodes=nodes, fit_seconds=time.perf_counter() - started)
-    return {**summary, "ddp": ddp_info}
+    return dataclasses.replace(summary, ddp=ddp_info)

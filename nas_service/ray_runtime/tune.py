@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.checkpoints import copy_run_files, stage_run_files
+from trainers.summary import RetrainSummary
 
 from ..digests import digest
 from ..location import ExperimentLocation
@@ -175,7 +176,7 @@ class _TuneEdge:
             shutil.rmtree(staging, ignore_errors=True)
 
     def run_ddp(self, trial: Trial, workdir: Path, report: Callable[..., None],
-                on_start: Callable[[int], None]) -> dict[str, Any]:  # fmt: skip
+                on_start: Callable[[int], None]) -> RetrainSummary:  # fmt: skip
         """A retrain trial as a DDP run on Ray Train, driven from this Tune trial (see ``train.py``).
 
         The run's name and storage derive from the trial, so a retried or resumed trial continues the same
@@ -196,7 +197,6 @@ class _TuneEdge:
             sync_batchnorm=bool(ddp.get("sync_batchnorm", True)), report=report, on_start=on_start,
             threads=threads,
         )  # fmt: skip
-
 
     def gpus_held(self, trial: Trial) -> float:
         import ray

@@ -6,12 +6,13 @@ Adding a kind is one module that builds a :class:`StageKind` and registers it (`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from search_spaces.registry import Registry
+from trainers.summary import RunSummary
 
 __all__ = ["StageKind", "StageKindRegistry", "STAGE_KINDS", "register_stage_kind", "list_stage_kinds", "get_stage_kind"]
 
@@ -33,15 +34,14 @@ class StageKind:
         consumes: what it takes ``from:`` an earlier stage; any kind that produces one of these qualifies.
         parses: the ``from: {parse: ...}`` values its results support.
         run_trial: ``run_trial(trial, workdir, hooks) -> summary``: one trial inside a Tune trial, through
-            the training engine; the summary has ``history`` (one metrics dict per epoch), ``best_epoch``,
-            ``epochs_run``, ``config`` and whatever else the kind's ``architecture``/``upstream`` read.
+            the training engine; the summary is a ``summary_type`` (a ``trainers.summary.RunSummary``, whose
+            ``architecture()`` gives the results row's architecture columns).
+        summary_type: the class of its trials' summaries, to read one back from a results row.
         run_in_driver: instead of Tune trials, ``run_in_driver(trials, location, out)`` runs the stage in
             the driver (cheap stages such as scoring checkpoints).
         epoch_metric: the per-epoch metric the best epoch is selected by (higher is better).
         select_metric, headline_metric: trials-table columns the report shows per arm (e.g.
             ``best.valid_acc``, ``best.test_top1``).
-        architecture: ``architecture(summary) -> {"genotype": ...}`` or ``{"path": ...}``: the results
-            row's architecture columns.
         upstream: ``upstream(trial_id, summary) -> UpstreamResult``: what a finished trial leaves for the
             stages that take ``from:`` it.
         uniformity_metrics: per-epoch metrics that measure how close the architecture weights still are to
@@ -57,13 +57,13 @@ class StageKind:
     produces: tuple[str, ...] = ()
     consumes: tuple[str, ...] = ()
     parses: tuple[str, ...] = ("default",)
-    run_trial: Callable[[Any, Path, Any], Mapping[str, Any]] | None = None
+    run_trial: Callable[[Any, Path, Any], RunSummary] | None = None
+    summary_type: type[RunSummary] = RunSummary
     run_in_driver: Callable[..., None] | None = None
     epoch_metric: str | None = None
     select_metric: str | None = None
     headline_metric: str | None = None
-    architecture: Callable[[Mapping[str, Any]], dict[str, Any]] = lambda summary: {}
-    upstream: Callable[[str, Mapping[str, Any]], Any] | None = None
+    upstream: Callable[[str, Any], Any] | None = None
     uniformity_metrics: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

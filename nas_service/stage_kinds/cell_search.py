@@ -3,9 +3,9 @@ each trial chooses a genotype at its best search-validation epoch."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
+from trainers.summary import CellSearchSummary
 
 from ..spec_models import TrainStageBase
 from ..trials import UpstreamResult
@@ -19,18 +19,17 @@ class CellSearchStage(TrainStageBase):
     kind: Literal["cell_search"]
 
 
-def _upstream(trial_id: str, summary: Mapping[str, Any]) -> UpstreamResult:
-    config = summary["config"]
-    history = summary.get("history") or [{}]
-    return UpstreamResult(trial_id, config["seed"], config, best=summary["best_genotype"],
-                          last=summary["last_genotype"], best_no_hack=summary.get("best_genotype_no_hack"),
-                          last_no_hack=history[-1].get("genotype_no_hack"), score=summary.get("best_valid_acc"))  # fmt: skip
+def _upstream(trial_id: str, summary: CellSearchSummary) -> UpstreamResult:
+    last = summary.history[-1] if summary.history else {}
+    return UpstreamResult(trial_id, summary.config["seed"], summary.config, best=summary.best_genotype,
+                          last=summary.last_genotype, best_no_hack=summary.best_genotype_no_hack,
+                          last_no_hack=last.get("genotype_no_hack"), score=summary.best_valid_acc)  # fmt: skip
 
 
 CELL_SEARCH = register_stage_kind(StageKind(
     name="cell_search", spec_model=CellSearchStage, plan=plan_search_stage, check=check_recipe_stage("cell_search"),
     recipe_kind="cell_search", produces=("genotype",), parses=("default", "no_hack"),
-    run_trial=run_recipe_trial, epoch_metric="valid_acc", select_metric="best.valid_acc",
-    architecture=lambda summary: {"genotype": summary["best_genotype"]}, upstream=_upstream,
+    run_trial=run_recipe_trial, summary_type=CellSearchSummary, epoch_metric="valid_acc",
+    select_metric="best.valid_acc", upstream=_upstream,
     uniformity_metrics=("arch_entropy_normal", "arch_entropy_reduce"),
 ))  # fmt: skip

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.config import config_from_dict, config_to_dict
+from trainers.summary import RetrainSummary, RunSummary
 
 from ..spec_models import sweep_points, stage_base_config, train_stage_config
 from ..trials import (
@@ -22,8 +23,8 @@ from ..trials import (
 )
 from .base import STAGE_KINDS
 
-__all__ = ["plan_search_stage", "plan_architecture_stage", "run_recipe_trial", "check_recipe_stage", "trained_upstream",
-           "trained_architecture"]  # fmt: skip
+__all__ = ["plan_search_stage", "plan_architecture_stage", "run_recipe_trial", "check_recipe_stage",
+           "trained_upstream"]  # fmt: skip
 
 
 def check_recipe_stage(recipe_kind: str) -> Callable[..., list[Any]]:
@@ -35,7 +36,7 @@ def check_recipe_stage(recipe_kind: str) -> Callable[..., list[Any]]:
     return check
 
 
-def run_recipe_trial(trial: Trial, workdir: Path, hooks: Any) -> Mapping[str, Any]:
+def run_recipe_trial(trial: Trial, workdir: Path, hooks: Any) -> RunSummary:
     """The ``run_trial`` of a kind whose trials train a recipe: the training engine's loop of its config."""
     from trainers.run import run_config  # torch: imported where a trial runs, not where a spec is planned
 
@@ -90,19 +91,8 @@ def plan_architecture_stage(spec: Any, stage: Any, done: Mapping[str, StagePlan]
                      notes=tuple(notes), **common)  # type: ignore[arg-type]
 
 
-def trained_architecture(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The fixed architecture of a retrain or grid trial: ``{"genotype": ...}`` or ``{"path": ...}``."""
-    model = summary.get("spec") or {}
-    if model.get("model") == "path":
-        return {"path": model.get("path")}
-    return {"genotype": model.get("genotype")}
-
-
-def trained_upstream(trial_id: str, summary: Mapping[str, Any]) -> UpstreamResult:
+def trained_upstream(trial_id: str, summary: RetrainSummary) -> UpstreamResult:
     """A retrain or grid trial's result: its fixed architecture, scored by its best validation accuracy."""
-    config = summary["config"]
-    arch = next(iter(trained_architecture(summary).values()))
-    score = summary.get("best_valid_top1")
-    if score is None:
-        score = summary.get("test_top1_at_best")
-    return UpstreamResult(trial_id, config["seed"], config, best=arch, last=arch, score=score)
+    arch = next(iter(summary.architecture().values()))
+    score = summary.test_top1_at_best if summary.best_valid_top1 is None else summary.best_valid_top1
+    return UpstreamResult(trial_id, summary.config["seed"], summary.config, best=arch, last=arch, score=score)

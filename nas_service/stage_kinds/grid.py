@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 
 from search_spaces.paths import PUBLISHED_PATHS, HyperCuboidPath, PathError
 from trainers.config import TrainConfig, config_to_dict
+from trainers.summary import RetrainSummary
 
 from ..spec_models import (
     AshaSpec,
@@ -30,7 +31,7 @@ from ..spec_models import (
 )
 from ..trials import OptunaPlan, StagePlan, Upstream, with_overrides_dict
 from .base import StageKind, register_stage_kind
-from .common import run_recipe_trial, plan_architecture_stage, trained_architecture, trained_upstream
+from .common import run_recipe_trial, plan_architecture_stage, trained_upstream
 
 
 class GridStage(TrainStageBase):
@@ -158,5 +159,5 @@ GRID = register_stage_kind(StageKind(
     name="grid", spec_model=GridStage, plan=_plan, check=_check, recipe_kind="retrain",
     produces=("path", "checkpoint"), consumes=("path",), run_trial=run_recipe_trial,
     epoch_metric="valid_top1", select_metric="best.valid_top1", headline_metric="best.test_top1",
-    architecture=trained_architecture, upstream=trained_upstream,
+    summary_type=RetrainSummary, upstream=trained_upstream,
 ))  # fmt: skip

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, StrictBool
 
 from trainers.config import ConfigError, TrainConfig, with_overrides
+from trainers.summary import RetrainSummary
 
 from ..spec_models import (
     FromRef,
@@ -25,7 +26,7 @@ from ..spec_models import (
     train_stage_config,
 )
 from .base import StageKind, register_stage_kind
-from .common import run_recipe_trial, plan_architecture_stage, trained_architecture, trained_upstream
+from .common import run_recipe_trial, plan_architecture_stage, trained_upstream
 
 class RetrainStage(TrainStageBase):
     """Trains genotypes or paths from scratch: those an earlier stage chose, published or inline ones.
@@ -89,5 +90,5 @@ RETRAIN = register_stage_kind(StageKind(
     name="retrain", spec_model=RetrainStage, plan=plan_architecture_stage, check=_check, recipe_kind="retrain",
     produces=("checkpoint",), consumes=("genotype", "path"), run_trial=run_recipe_trial,
     epoch_metric="valid_top1", select_metric="best.valid_top1", headline_metric="best.test_top1",
-    architecture=trained_architecture, upstream=trained_upstream,
+    summary_type=RetrainSummary, upstream=trained_upstream,
 ))  # fmt: skip

@@ -119,7 +119,7 @@ def drive_three_fits(out: str) -> None:
     results: dict[str, Any] = {}
     try:
         reference = run(tmp_path, "ddp-uninterrupted", retries=0)
-        results["reference"] = {"history": reference["history"], "starts": reference["ddp"]["starts"]}
+        results["reference"] = {"history": reference.history, "starts": reference.ddp["starts"]}
 
         # Stopped after epoch 1: rank 0 dies at the first step of epoch 2 and no restart is allowed.
         fault = {"rank": 0, "epoch": 2, "step": 0, "marker": str(tmp_path / "stopped")}
@@ -135,7 +135,7 @@ def drive_three_fits(out: str) -> None:
         fault = {"rank": 1, "epoch": 3, "step": 5, "marker": str(tmp_path / "killed")}
         os.environ[WORKER_FAULT_ENV] = json.dumps(fault)
         resumed = run(tmp_path, "ddp-resumed", retries=1)
-        results["resumed"] = {"history": resumed["history"], "starts": resumed["ddp"]["starts"]}
+        results["resumed"] = {"history": resumed.history, "starts": resumed.ddp["starts"]}
     finally:
         Path(out).write_text(json.dumps(results))
         ray.shutdown()

@@ -255,12 +255,12 @@ def test_ddp_on_two_cpu_workers_matches_single_process_training(ray_session, tmp
     assert worst < 1e-4, f"per-step losses differ by up to {worst:.2e}: {list(zip(ddp, single))}"
     # Epoch metrics agree too: sharded evaluation counts every image exactly once (a float-level difference
     # may flip at most an argmax or two).
-    for mine, theirs in zip(summary["history"], reference["history"]):
+    for mine, theirs in zip(summary.history, reference.history):
         assert mine["epoch"] == theirs["epoch"]
         assert mine["valid_top1"] == pytest.approx(theirs["valid_top1"], abs=2.5 / 359)
         assert mine["train_loss"] == pytest.approx(theirs["train_loss"], abs=1e-4)
     assert [m["epoch"] for m in reported] == [1, 2, 3]
-    assert summary["ddp"]["starts"] == [0] and summary["epochs_run"] == 3 and summary["finished"]
+    assert summary.ddp["starts"] == [0] and summary.epochs_run == 3 and summary.finished
     assert (tmp_path / "ddp" / "best.pt").exists() and (tmp_path / "ddp" / "checkpoints" / "epoch_0003.pt").exists()
 
 
@@ -273,12 +273,12 @@ def test_a_finished_run_is_not_started_again(tmp_path):
     reported: list[dict] = []
     again = run_ddp_retrain(config, workdir=tmp_path / "work", workers=2, run_name="ddp-done",
                             storage_path=str(tmp_path / "storage"), report=lambda m, c: reported.append(m))  # fmt: skip
-    assert again["ddp"]["starts"] == [] and reported == []
-    assert again["history"] == done["history"] and not (tmp_path / "storage").exists()
+    assert again.ddp["starts"] == [] and reported == []
+    assert again.history == done.history and not (tmp_path / "storage").exists()
     # Another config (here: one more epoch) is not the finished run.
     from nas_service.ray_runtime.train import _finished_summary
 
     assert _finished_summary(tiny_retrain(epochs=3), tmp_path / "work") is None
     # Where the data lives does not change what was computed: the same rule as resuming (same_computation).
     moved = tiny_retrain(epochs=2, data={"root": str(tmp_path / "elsewhere")})
-    assert _finished_summary(moved, tmp_path / "work")["history"] == done["history"]
+    assert _finished_summary(moved, tmp_path / "work").history == done.history

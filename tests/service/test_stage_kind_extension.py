@@ -11,7 +11,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from nas_service.stage_kinds import STAGE_KINDS, StageKind, register_stage_kind
 from nas_service.trials import Lineage, StagePlan, Trial, UpstreamResult, make_arm, trial_id_for
 from search_spaces.genotypes import parse_genotype
 from search_spaces.spaces import get_search_space, list_search_spaces
+from trainers.summary import RunSummary
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,7 +60,17 @@ def _plan(spec: Any, stage: RandomGenotypeStage, done: Any, upstream: Any) -> St
     return StagePlan(stage.name, stage.kind, "ready", tuple(trials), expected_trials=len(trials), epochs=1)
 
 
-def _run_trial(trial: Trial, workdir: Path, hooks: Any) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class RandomGenotypeSummary(RunSummary):
+    """A trial's summary: the genotype it drew (also the results row's architecture column)."""
+
+    genotype: dict[str, Any]
+
+    def architecture(self) -> dict[str, Any]:
+        return {"genotype": self.genotype}
+
+
+def _run_trial(trial: Trial, workdir: Path, hooks: Any) -> RandomGenotypeSummary:
     primitives = [p for p in get_search_space(trial.config["space"]).primitives if p != "none"]
     generator = torch.Generator().manual_seed(trial.config["seed"])
     weights = [torch.rand(14, len(primitives), generator=generator) for _ in range(2)]
@@ -66,20 +78,19 @@ def _run_trial(trial: Trial, workdir: Path, hooks: Any) -> dict[str, Any]:
     free = sum(op in ("max_pool_3x3", "avg_pool_3x3", "skip_connect") for op, _ in genotype["normal"])
     metrics = {"epoch": 1, "parameter_free_share": free / len(genotype["normal"])}
     hooks.report(metrics, None)
-    return {"config": dict(trial.config), "history": [metrics], "best_epoch": 1, "epochs_run": 1,
-            "genotype": genotype}  # fmt: skip
+    return RandomGenotypeSummary(kind="random_genotype", config=dict(trial.config), history=[metrics], best_epoch=1,
+                                 epochs_run=1, finished=True, genotype=genotype)  # fmt: skip
 
 
-def _upstream(trial_id: str, summary: Mapping[str, Any]) -> UpstreamResult:
-    config = summary["config"]
-    genotype = summary["genotype"]
-    return UpstreamResult(trial_id, config["seed"], config, best=genotype, last=genotype)
+def _upstream(trial_id: str, summary: RandomGenotypeSummary) -> UpstreamResult:
+    return UpstreamResult(trial_id, summary.config["seed"], summary.config, best=summary.genotype,
+                          last=summary.genotype)  # fmt: skip
 
 
 RANDOM_GENOTYPE = StageKind(
     name="random_genotype", spec_model=RandomGenotypeStage, plan=_plan, check=_check, produces=("genotype",),
-    run_trial=_run_trial, epoch_metric="parameter_free_share", select_metric="best.parameter_free_share",
-    architecture=lambda summary: {"genotype": summary["genotype"]}, upstream=_upstream,
+    run_trial=_run_trial, summary_type=RandomGenotypeSummary, epoch_metric="parameter_free_share",
+    select_metric="best.parameter_free_share", upstream=_upstream,
 )  # fmt: skip
 
 

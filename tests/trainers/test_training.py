@@ -48,13 +48,13 @@ class _StopAfter:
 def test_cell_search_on_digits_reaches_80_percent_in_two_epochs(space, weighting, tmp_path):
     config = with_overrides(get_recipe("digits_search"), {"space": space, "weighting": weighting, **FAST_SEARCH})
     summary = run_cell_search(config, workdir=tmp_path)
-    assert summary["finished"] and summary["epochs_run"] == 2
-    assert summary["best_valid_acc"] >= 0.80
-    last = summary["history"][-1]
+    assert summary.finished and summary.epochs_run == 2
+    assert summary.best_valid_acc >= 0.80
+    last = summary.history[-1]
     for key in ("train_loss", "valid_loss", "arch_entropy_normal", "param_free_share", "param_free_share_no_hack",
                 "images_per_second", "lr", "genotype_no_hack"):
         assert key in last
-    assert summary["best_genotype"] == summary["history"][summary["best_epoch"] - 1]["genotype"]
+    assert summary.best_genotype == summary.history[summary.best_epoch - 1]["genotype"]
 
 
 @pytest.mark.slow
@@ -62,22 +62,22 @@ def test_cell_search_on_digits_reaches_80_percent_in_two_epochs(space, weighting
 def test_dhgs_on_digits_reaches_80_percent(weighting, tmp_path):
     config = with_overrides(get_recipe("digits_hypercuboid_search"), {"weighting": weighting, "epochs": 4})
     summary = run_hypercuboid_search(config, workdir=tmp_path)
-    assert summary["best_valid_acc"] >= 0.80
-    path = summary["best_path"]
+    assert summary.best_valid_acc >= 0.80
+    path = summary.best_path
     assert path["head_channels"] == config.head_channels and len(path["stages"]) == 2 * config.layers
-    last = summary["history"][-1]
+    last = summary.history[-1]
     assert len(last["arch_entropy_groups_nats"]) == 2 and last["path_weight"] > 0
 
 
 @pytest.mark.slow
 def test_retrain_darts_v2_on_digits_reaches_90_percent_test(tmp_path):
     summary = run_retrain(get_recipe("digits_retrain"), workdir=tmp_path)  # 8 epochs
-    assert summary["protocol"] == "validation-selected"
-    assert summary["test_top1_at_best"] >= 0.90
-    assert summary["params"] > 0
+    assert summary.protocol == "validation-selected"
+    assert summary.test_top1_at_best >= 0.90
+    assert summary.params > 0
     scored = score_checkpoint(tmp_path / "best.pt", "digits")
-    assert scored["epoch"] == summary["best_epoch"]
-    assert scored["top1"] == pytest.approx(summary["test_top1_at_best"])
+    assert scored["epoch"] == summary.best_epoch
+    assert scored["top1"] == pytest.approx(summary.test_top1_at_best)
 
 
 @pytest.mark.parametrize("kind", ["cell_search", "hypercuboid_search"])
@@ -92,9 +92,9 @@ def test_an_architecture_warmup_trains_weights_only_and_is_never_selected(kind, 
     run = run_cell_search if kind == "cell_search" else run_hypercuboid_search
     summary = run(config, workdir=tmp_path, hooks=Hooks(report=lambda metrics, checkpoint: per_epoch.append(len(steps))))
     assert per_epoch == [0, 2]  # epoch 1: weights only; epoch 2: an architecture step before each weight step
-    history = summary["history"]
+    history = summary.history
     assert "arch_loss" not in history[0] and "arch_loss" in history[1]
-    assert summary["best_epoch"] == 2  # the warm-up epoch is no candidate
+    assert summary.best_epoch == 2  # the warm-up epoch is no candidate
 
 
 def test_an_architecture_warmup_must_leave_an_epoch_to_search_and_is_part_of_the_identity():
@@ -117,8 +117,8 @@ def test_retrain_of_a_path_and_the_paper_protocol_label(tmp_path):
         "max_steps_per_epoch": 3,
     })  # fmt: skip
     summary = run_retrain(config, workdir=tmp_path)
-    assert summary["protocol"].startswith("paper")
-    assert summary["spec"]["model"] == "path"
+    assert summary.protocol.startswith("paper")
+    assert summary.spec["model"] == "path"
 
 
 @pytest.mark.parametrize(("kind", "precision"), [
@@ -135,14 +135,14 @@ def test_resume_continues_the_same_trajectory(kind, precision, tmp_path):
     straight = run(config, workdir=tmp_path / "straight")
     stopper = _StopAfter(2)
     partial = run(config, workdir=tmp_path / "resumed", hooks=stopper.hooks())
-    assert partial["epochs_run"] == 2 and not partial["finished"]
+    assert partial.epochs_run == 2 and not partial.finished
     torch.manual_seed(12345)  # whatever the process did in between must not matter
     if kind == "cell_search":  # a result-neutral field may change on resume and changes no number
         config = with_overrides(config, {"activation_checkpointing": True})
     resumed = run(config, workdir=tmp_path / "resumed")
-    assert resumed["finished"] and resumed["epochs_run"] == 3
-    assert _without_timing(resumed["history"]) == _without_timing(straight["history"])
-    assert {h["precision"] for h in resumed["history"]} == {precision}
+    assert resumed.finished and resumed.epochs_run == 3
+    assert _without_timing(resumed.history) == _without_timing(straight.history)
+    assert {h["precision"] for h in resumed.history} == {precision}
     # Only the last epochs' checkpoints are kept.
     assert [e for e, _ in list_epoch_checkpoints(tmp_path / "resumed" / "checkpoints")] == [2, 3]
 
@@ -165,7 +165,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(damage,
     with pytest.warns(CheckpointFallbackWarning, match=r"epoch_0002.pt .*resuming from epoch_0001.pt instead"):
         resumed = run_retrain(config, workdir=tmp_path / "resumed", hooks=Hooks(log=lines.append))
     assert any("resuming from epoch_0001.pt" for line in lines) and any("at epoch 1/3" in line for line in lines)
-    assert _without_timing(resumed["history"]) == _without_timing(straight["history"])
+    assert _without_timing(resumed.history) == _without_timing(straight.history)
     assert (folder / "epoch_0002.pt.damaged").exists()  # set aside, not deleted
     assert [e for e, _ in list_epoch_checkpoints(folder)] == [2, 3]
 
@@ -175,7 +175,7 @@ def test_finished_run_is_not_repeated(tmp_path):
     first = run_retrain(config, workdir=tmp_path)
     calls = []
     second = run_retrain(config, workdir=tmp_path, hooks=Hooks(report=lambda m, c: calls.append(m)))
-    assert calls == [] and second["history"] == first["history"]
+    assert calls == [] and second.history == first.history
 
 
 def test_a_different_config_refuses_to_resume_the_run_folder(tmp_path):
@@ -248,5 +248,6 @@ def test_second_order_search_runs(tmp_path):
     config = with_overrides(get_recipe("digits_search"), {
         "space": "darts", "epochs": 1, "schedule": {"warmup_epochs": 0}, "init_channels": 4, "max_steps_per_epoch": 2, "arch": {"order": 2}})  # fmt: skip
     summary = run_cell_search(config, workdir=tmp_path)
-    assert summary["epochs_run"] == 1
-    json.dumps(summary)  # the summary is JSON-able as a whole
+    assert summary.epochs_run == 1
+    json.dumps(summary.to_dict())  # the summary is JSON-able as a whole
+    assert type(summary).from_dict(json.loads(json.dumps(summary.to_dict()))) == summary
