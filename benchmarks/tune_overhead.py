@@ -51,16 +51,15 @@ stages:
 """
 
 
-def _plain_worker(configs: list[dict], workdir: str) -> None:
+def _plain_worker(configs: list, workdir: str) -> None:
     """One plain process: a loop over its configs, one torch thread, no Ray, no results store."""
     import torch
 
-    from trainers.config import config_from_dict
     from trainers.run import run_config
 
     torch.set_num_threads(1)
     for i, config in enumerate(configs):
-        run_config(config_from_dict(config), workdir=Path(workdir) / str(i), device="cpu")
+        run_config(config, workdir=Path(workdir) / str(i), device="cpu")
 
 
 def run_plain(spec_path: Path, workdir: Path, processes: int) -> float:

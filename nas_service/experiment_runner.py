@@ -167,7 +167,7 @@ def stage_scheduling(spec: ExperimentSpec, stage: Any, cluster: dict[str, float]
 def _epoch_line(trial: Trial, result: dict[str, Any]) -> str:
     keys = [k for k in ("train_loss", "valid_acc", "valid_top1", "test_top1") if k in result]
     parts = " ".join(f"{k} {result[k]:.4f}" for k in keys)
-    epochs = trial.config.get("epochs", "?")
+    epochs = trial.epochs or "?"
     return f"[{trial.stage}] {trial.trial_id} {trial.arm.label or ''} seed {trial.seed}: epoch " \
            f"{int(result['epoch'])}/{epochs} {parts}".replace("  ", " ")  # fmt: skip
 

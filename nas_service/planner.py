@@ -159,7 +159,7 @@ def describe_plan(plan: Plan, done_ids: set[str] | frozenset[str] = frozenset())
         if s.state == "search":
             assert s.optuna is not None
             label = f"optuna: {s.optuna.trials} trials over the grid"
-            rows.append((s.name, "-", "-", label, str(s.optuna.base_config["seed"]), "search at run time"))
+            rows.append((s.name, "-", "-", label, str(s.optuna.base_config.seed), "search at run time"))
             continue
         for t in s.trials:
             state = "done" if t.trial_id in done_ids else "pending"

@@ -63,8 +63,7 @@ class StageProgress:
     finished_here: set[str] = field(default_factory=set)
 
     def started(self, trial: Trial) -> None:
-        epochs = trial.config.get("epochs")
-        self.running[trial.trial_id] = _Running(int(epochs) if isinstance(epochs, int) else self.epochs_per_trial,
+        self.running[trial.trial_id] = _Running(trial.epochs or self.epochs_per_trial,
                                                 last_report=self.clock())  # fmt: skip
 
     def epoch(self, trial: Trial, result: dict[str, Any]) -> None:
@@ -199,5 +198,5 @@ class ProgressView:
 
 def uniform_epochs(trials: Iterable[Trial]) -> int | None:
     """The epochs every trial runs, when they agree (None otherwise, or for no trials)."""
-    counts = {t.config.get("epochs") for t in trials}
+    counts = {t.epochs for t in trials}
     return next(iter(counts)) if len(counts) == 1 and isinstance(next(iter(counts)), int) else None

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from trainers.config import config_to_dict
 from trainers.summary import RunSummary
 
 from .location import ExperimentLocation
@@ -253,7 +254,7 @@ def summary_row(trial: Trial, summary: RunSummary | None, *, status: str, wall: 
         "stage_kind": trial.kind,
         "seed": trial.seed,
         "status": status,
-        "config": trial.config,
+        "config": config_to_dict(trial.config),
         "arm": trial.arm.arm_id,
         "lineage_trial_id": trial.lineage.parent,
         "lineage_stage": trial.lineage.parent_stage,
@@ -291,7 +292,6 @@ def record_stopped_early(store: Any, trial: Trial) -> bool:
     """Writes the trial row of a trial a scheduler (ASHA) stopped early, from its recorded epochs; False
     if it has a row already or recorded no epoch."""
     from search_spaces.networks import count_multiply_adds, count_parameters
-    from trainers.config import config_from_dict
     from trainers.data import get_dataset_info
     from trainers.retrain import build_model, model_spec, summarize_retrain
 
@@ -306,7 +306,7 @@ def record_stopped_early(store: Any, trial: Trial) -> bool:
                 and not (isinstance(v, float) and math.isnan(v))} for row in frame.to_dict("records")]  # fmt: skip
     for entry in history:
         entry["epoch"] = int(entry["epoch"])
-    config = config_from_dict(dict(trial.config))
+    config = trial.config
     info = get_dataset_info(config.data.dataset)
     spec = model_spec(config, info)
     model = build_model(spec)

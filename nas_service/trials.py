@@ -36,7 +36,7 @@ from typing import Any, Literal
 from search_spaces.genotypes import Genotype
 from search_spaces.paths import HYPERCUBOID_OPS, HyperCuboidPath, PathStage, random_path, resolve_path
 from search_spaces.spaces import get_search_space
-from trainers.config import ConfigError, config_from_dict, config_to_dict, with_overrides
+from trainers.config import ConfigError, TrainConfig, config_to_dict, with_overrides
 from trainers.identity import without_result_neutral_fields
 
 from .digests import canonical_json, digest
@@ -90,8 +90,9 @@ class Trial:
     Args:
         stage, kind: the stage's name and kind.
         trial_id: deterministic: see the module docstring.
-        config: the resolved trainers config as a JSON-able dict (``config_to_dict``); for ``evaluate``,
-            ``{"kind": "evaluate", "source_stage", "source_trial", "checkpoint", "datasets", "root"}``.
+        config: the resolved config, typed and frozen: a ``trainers.config`` config for the kinds that train a
+            recipe, the kind's own dataclass otherwise (``evaluate``'s ``EvaluateConfig``). Its dict form
+            (``config_to_dict``) is what the id hashes and the results row stores.
         seed: the config's seed (for evaluate: the scored trial's seed).
         axes: the stage's sweep values of this trial (``{"weighting": "max_w"}``); the seed is not in it.
         arm: the trial's arm.
@@ -101,7 +102,7 @@ class Trial:
     stage: str
     kind: str
     trial_id: str
-    config: dict[str, Any]
+    config: Any
     seed: int
     axes: dict[str, Any]
     arm: Arm
@@ -110,8 +111,13 @@ class Trial:
     # "retries", "sync_batchnorm"}; None trains in the Tune trial's own process. Not part of the id.
     ddp: Mapping[str, Any] | None = None
 
-    def __hash__(self) -> int:  # the config is a dict; the id already is its content hash
+    def __hash__(self) -> int:  # the axes are a dict; the id already is the content hash
         return hash(self.trial_id)
+
+    @property
+    def epochs(self) -> int | None:
+        """The epochs the trial trains (None for a kind whose config has none, such as ``evaluate``)."""
+        return getattr(self.config, "epochs", None)
 
 
 @dataclass(frozen=True)
@@ -154,15 +160,17 @@ class UpstreamResult:
 # Hashing
 
 
-def identity_config(config: Mapping[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
-    """The config without result-neutral fields (and without the top-level fields in ``drop``)."""
-    out = without_result_neutral_fields(config, extra=_EVALUATION_ROOT)
+def identity_config(config: Any, drop: Sequence[str] = ()) -> dict[str, Any]:
+    """The dict form of a config (typed, or already a dict) without result-neutral fields (and without the
+    top-level fields in ``drop``)."""
+    out = without_result_neutral_fields(config if isinstance(config, Mapping) else config_to_dict(config),
+                                        extra=_EVALUATION_ROOT)  # fmt: skip
     for key in drop:
         out.pop(key, None)
     return out
 
 
-def trial_id_for(stage: str, kind: str, config: Mapping[str, Any], parent: str | None = None,
+def trial_id_for(stage: str, kind: str, config: Any, parent: str | None = None,
                  execution: Mapping[str, Any] | None = None) -> str:  # fmt: skip
     """The deterministic id of a trial (see the module docstring).
 
@@ -189,7 +197,7 @@ def execution_identity(stage: Any) -> dict[str, Any]:
     return {}
 
 
-def make_arm(stage: str, kind: str, config: Mapping[str, Any], label_parts: Sequence[str], *,
+def make_arm(stage: str, kind: str, config: Any, label_parts: Sequence[str], *,
          from_arm: Arm | None = None, drop: Sequence[str] = ("seed",),
          execution: Mapping[str, Any] | None = None) -> Arm:  # fmt: skip
     payload: dict[str, Any] = {"stage": stage, "kind": kind, "config": identity_config(config, drop)}
@@ -227,7 +235,7 @@ class OptunaPlan:
     channels: tuple[int, ...]
     layers: int
     head_channels: int
-    base_config: dict[str, Any]  # the stage's retrain config (seed set), before the path
+    base_config: Any  # the stage's RetrainConfig (seed set), before the path
 
     def space(self) -> dict[str, list[Any]]:
         """Parameter name -> categorical choices."""
@@ -254,10 +262,10 @@ class OptunaPlan:
     def trial(self, params: Mapping[str, Any]) -> Trial:
         """The trial that trains the path ``params`` describe."""
         path = self.path_for(params)
-        config = with_overrides_dict(self.base_config, {"genotype": None, "path": path.to_json()})
+        config = with_overrides(self.base_config, {"genotype": None, "path": path.to_json()})
         return Trial(
             stage=self.stage, kind="grid", trial_id=trial_id_for(self.stage, "grid", config), config=config,
-            seed=config["seed"], axes={}, arm=make_arm(self.stage, "grid", config, ["path=optuna"]),
+            seed=config.seed, axes={}, arm=make_arm(self.stage, "grid", config, ["path=optuna"]),
             lineage=Lineage(source="optuna"),
         )  # fmt: skip
 
@@ -340,15 +348,8 @@ class Architecture:
     from_arm: Arm | None = None
 
 
-def with_overrides_dict(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``config_to_dict(with_overrides(config_from_dict(config), overrides))`` for plain dicts."""
-    return config_to_dict(with_overrides(config_from_dict(dict(config)), dict(overrides)))
-
-
-
-def make_trial(
-    stage: Any, base: dict[str, Any], arch: Architecture | None, axes: dict[str, Any], seed: int
-) -> Trial:
+def make_trial(stage: Any, base: TrainConfig, arch: Architecture | None, axes: dict[str, Any], seed: int) -> Trial:
+    """The trial of ``stage`` that trains ``base`` with the sweep point ``axes``, ``seed`` and ``arch``."""
     overrides: dict[str, Any] = nest_dotted(axes) if axes else {}
     if arch is not None:
         overrides["genotype"] = arch.value if arch.field == "genotype" else None
@@ -357,7 +358,7 @@ def make_trial(
             overrides["op_set"] = arch.op_set
     overrides["seed"] = seed
     try:
-        config = with_overrides_dict(base, overrides)
+        config = with_overrides(base, overrides)
     except ConfigError as err:
         raise PlanError(f"stage {stage.name!r}: {arch.source if arch else 'trial'} with {axes or 'no axes'}, "
                         f"seed {seed}: {err}") from None  # fmt: skip
@@ -431,7 +432,7 @@ def upstream_arm(parent: StagePlan, result: UpstreamResult) -> Arm:
 
 
 def upstream_architectures(stage: Any, ref: Any, parent: StagePlan, results: list[UpstreamResult],
-                           base: dict[str, Any], *, genotypes: bool) -> tuple[list[Architecture], list[str]]:  # fmt: skip
+                           base: TrainConfig, *, genotypes: bool) -> tuple[list[Architecture], list[str]]:  # fmt: skip
     """The architectures ``stage`` trains from ``parent``'s results (``ref``: its ``from:``), and notes on
     the results that gave none. ``genotypes``: the parent produces genotypes (else HyperCuboid paths)."""
     notes: list[str] = []
@@ -449,7 +450,7 @@ def upstream_architectures(stage: Any, ref: Any, parent: StagePlan, results: lis
         usable = [ra for ra in usable if id(ra[0]) in chosen]
     out = []
     # An explicit op_set in the stage wins; else a genotype trains with the op set of the space it came from.
-    keep_op_set = base.get("op_set") is not None
+    base_op_set = getattr(base, "op_set", None)
     for r, arch in usable:
         source = f"{parent.name}/{r.trial_id}:{ref.take}"
         if genotypes:
@@ -459,8 +460,8 @@ def upstream_architectures(stage: Any, ref: Any, parent: StagePlan, results: lis
         try:
             if genotypes:
                 space = r.config.get("space")
-                op_set = None if keep_op_set or space is None else get_search_space(space).op_set
-                genotype = Genotype.from_dict(dict(arch)).validate(op_set or base.get("op_set") or "sharp")
+                op_set = base_op_set or (None if space is None else get_search_space(space).op_set)
+                genotype = Genotype.from_dict(dict(arch)).validate(op_set or "sharp")
                 value = genotype.to_json()
                 out.append(Architecture("genotype", value, source, label, op_set, r.trial_id, parent.name, up_arm))
             else:

@@ -89,3 +89,10 @@ stages:
     overrides: {{{overrides}, mid_channels: 4,
                  drop_path_prob: 0.0}}
 """
+
+
+def search_config(epochs: int) -> Any:
+    """A planned cell-search trial's typed config that trains ``epochs`` epochs."""
+    from trainers.config import get_recipe, with_overrides
+
+    return with_overrides(get_recipe("digits_search"), {"epochs": epochs, "schedule": {"warmup_epochs": 0}})

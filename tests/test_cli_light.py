@@ -61,6 +61,7 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from nas_service.results import ResultsStore
     from nas_service.spec import load_spec
     from search_spaces.genotypes import get_published
+    from trainers.config import config_to_dict
 
     storage = tmp_path_factory.mktemp("storage")
     spec = load_spec(QUICKSTART)
@@ -69,10 +70,11 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store.write_experiment_record({"spec": spec.model_dump(mode="json", by_alias=True)})
     genotype = get_published("DARTS_V2").genotype.to_dict()
     for trial in plan(spec).stage("search").trials:
-        summary = {"kind": "cell_search", "config": dict(trial.config), "best_genotype": genotype, "last_genotype": genotype,
+        config = config_to_dict(trial.config)
+        summary = {"kind": "cell_search", "config": config, "best_genotype": genotype, "last_genotype": genotype,
                    "best_valid_acc": 0.5, "history_tail": []}  # fmt: skip
         store.write_trial(trial.trial_id, 0, {
-            "stage": "search", "stage_kind": "cell_search", "status": "finished", "config": dict(trial.config),
+            "stage": "search", "stage_kind": "cell_search", "status": "finished", "config": config,
             "seed": trial.seed, "best": {"valid_acc": 0.5}, "extra": {"summary_json": json.dumps(summary)},
         })  # fmt: skip
     return storage

@@ -26,6 +26,7 @@ from nas_service.planner import (
 from nas_service.spec import Resources, SpecError, load_spec
 from search_spaces.genotypes import Genotype, get_published
 from search_spaces.paths import HyperCuboidPath, resolve_path
+from trainers.config import config_to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "examples" / "quickstart.yaml"
@@ -57,7 +58,8 @@ def results_for(the_plan: Plan, stage: str, *, archs: list[dict] | None = None, 
     out = []
     for i, t in enumerate(the_plan.stage(stage).trials):
         arch = archs[i % len(archs)]
-        out.append(UpstreamResult(t.trial_id, t.seed, t.config, best=arch, last=arch, score=float(i), **kw))
+        out.append(UpstreamResult(t.trial_id, t.seed, config_to_dict(t.config), best=arch, last=arch, score=float(i),
+                                  **kw))  # fmt: skip
     return out
 
 
@@ -69,23 +71,24 @@ def test_quickstart_search_expands_to_weightings_times_seeds() -> None:
     p = plan(load_spec(QUICKSTART))
     search = p.stage("search")
     assert search.state == "ready" and len(search.trials) == 4
-    combos = {(t.config["weighting"], t.config["seed"]) for t in search.trials}
+    combos = {(t.config.weighting, t.config.seed) for t in search.trials}
     assert combos == {("scalar", 0), ("scalar", 1), ("max_w", 0), ("max_w", 1)}
     for t in search.trials:
-        assert t.kind == "cell_search" and t.config["kind"] == "cell_search"
-        assert t.seed == t.config["seed"] and t.axes == {"weighting": t.config["weighting"]}
-        assert t.config["space"] == "sharp_darts" and t.config["data"]["dataset"] == "digits"
+        assert t.kind == "cell_search" and t.config.kind == "cell_search"
+        assert t.seed == t.config.seed and t.axes == {"weighting": t.config.weighting}
+        assert t.config.space == "sharp_darts" and t.config.data.dataset == "digits"
         assert t.lineage.parent is None
         assert re.fullmatch(r"[0-9a-f]{12}", t.trial_id)
     assert len(set(ids(search.trials))) == 4
 
 
-def test_config_is_the_trainers_config_dict() -> None:
-    from trainers.config import config_from_dict, config_to_dict
+def test_config_is_the_typed_trainers_config() -> None:
+    from trainers.config import TrainConfig, config_from_dict
 
     for t in plan(spec_of(SEARCH, DHGS)).trials:
-        assert config_to_dict(config_from_dict(t.config)) == t.config
-        json.dumps(t.config)  # JSON-able for Ray and result rows
+        assert isinstance(t.config, TrainConfig)
+        assert config_from_dict(config_to_dict(t.config)) == t.config
+        json.dumps(config_to_dict(t.config))  # its dict form is JSON-able, for result rows
 
 
 def test_sweep_is_a_grid_in_spec_order() -> None:
@@ -98,16 +101,16 @@ def test_sweep_is_a_grid_in_spec_order() -> None:
         {"weighting": "scalar", "schedule.kind": "cpa", "init_channels": 8},
         {"weighting": "scalar", "schedule.kind": "cosine", "init_channels": 4},
     ]
-    assert all(t.config["schedule"]["kind"] == t.axes["schedule.kind"] for t in trials)
+    assert all(t.config.schedule.kind == t.axes["schedule.kind"] for t in trials)
     assert trials[0].arm.label == "weighting=scalar, schedule.kind=cpa, init_channels=4"
 
 
 def test_lists_in_overrides_are_not_axes() -> None:
     one = plan(spec_of({**DHGS, "overrides": {"epochs": 2, "channels": [8, 16, 32]}, "seeds": [0]}))
     (trial,) = one.stage("dhgs").trials
-    assert trial.config["channels"] == [8, 16, 32] and trial.axes == {}
+    assert trial.config.channels == (8, 16, 32) and trial.axes == {}
     two = plan(spec_of({**DHGS, "sweep": {"channels": [[8, 16], [16, 32]]}, "seeds": [0]}))
-    assert [t.config["channels"] for t in two.stage("dhgs").trials] == [[8, 16], [16, 32]]
+    assert [t.config.channels for t in two.stage("dhgs").trials] == [(8, 16), (16, 32)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -140,7 +143,7 @@ def test_id_is_the_hash_of_stage_kind_and_config() -> None:
     import hashlib
 
     t = plan(spec_of(SEARCH)).trials[0]
-    payload = {"stage": t.stage, "kind": t.kind, "config": copy.deepcopy(t.config)}
+    payload = {"stage": t.stage, "kind": t.kind, "config": config_to_dict(t.config)}
     for field in ("root", "download", "num_workers"):  # location fields are not part of the identity
         payload["config"]["data"].pop(field)
     payload["config"].pop("activation_checkpointing")  # nor how memory is spent
@@ -188,7 +191,7 @@ def test_where_the_data_lives_is_not_part_of_the_id() -> None:
     a = plan(spec_of(SEARCH, data={"dataset": "digits", "root": "/mnt/a"}))
     b = plan(spec_of(SEARCH, data={"dataset": "digits", "root": "/mnt/b"}))
     assert ids(a.trials) == ids(b.trials)
-    assert a.trials[0].config["data"]["root"] == "/mnt/a"  # but the trial still gets its root
+    assert a.trials[0].config.data.root == "/mnt/a"  # but the trial still gets its root
 
 
 def test_trading_memory_for_time_is_not_part_of_the_id() -> None:
@@ -196,7 +199,7 @@ def test_trading_memory_for_time_is_not_part_of_the_id() -> None:
     plain = plan(spec_of(SEARCH))
     assert ids(lean.trials) == ids(plain.trials)
     assert [a.arm.arm_id for a in lean.trials] == [a.arm.arm_id for a in plain.trials]
-    assert lean.trials[0].config["activation_checkpointing"] is True
+    assert lean.trials[0].config.activation_checkpointing is True
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -207,7 +210,7 @@ def test_arms_group_seeds_and_separate_sweep_values() -> None:
     trials = plan(spec_of(SEARCH)).stage("search").trials
     by_weighting: dict[str, set[str]] = {}
     for t in trials:
-        by_weighting.setdefault(t.config["weighting"], set()).add(t.arm.arm_id)
+        by_weighting.setdefault(t.config.weighting, set()).add(t.arm.arm_id)
     assert all(len(arms) == 1 for arms in by_weighting.values())
     assert by_weighting["scalar"] != by_weighting["max_w"]
     assert {t.arm.label for t in trials} == {"weighting=scalar", "weighting=max_w"}
@@ -256,11 +259,11 @@ def test_dependent_stage_expands_with_lineage_once_upstream_finished() -> None:
     assert [t.lineage.parent for t in from_search] == search_ids
     assert all(t.lineage.parent_stage == "search" for t in from_search)
     for t, r in zip(from_search, results):
-        assert Genotype.from_json(t.config["genotype"]) == Genotype.from_dict(r.best)
-        assert t.config["path"] is None and t.config["op_set"] == "sharp"  # sharp_darts is a 'sharp' space
+        assert Genotype.from_json(t.config.genotype) == Genotype.from_dict(r.best)
+        assert t.config.path is None and t.config.op_set == "sharp"  # sharp_darts is a 'sharp' space
         assert t.lineage.source == f"search/{r.trial_id}:best/default"
-        assert t.config["epochs"] == 2 and t.config["seed"] == 0
-    assert published.config["genotype"] == "DARTS_V2" and published.lineage.parent is None
+        assert t.config.epochs == 2 and t.config.seed == 0
+    assert published.config.genotype == "DARTS_V2" and published.lineage.parent is None
     assert published.lineage.source == "published:DARTS_V2" and published.arm.label == "genotype=DARTS_V2"
     # Search trials keep their ids when the retrain expands.
     assert ids(p.stage("search").trials) == search_ids
@@ -285,7 +288,7 @@ def test_two_searches_choosing_the_same_genotype_give_two_retrains() -> None:
     same = results_for(first, "search", archs=[GENOTYPES[0]])
     trials = plan(spec, upstream=lambda name: same).stage("retrain").trials
     assert len(trials) == 5 and len(set(ids(trials))) == 5
-    assert len({t.config["genotype"] for t in trials[:4]}) == 1
+    assert len({t.config.genotype for t in trials[:4]}) == 1
 
 
 def test_retrain_ids_are_stable_when_upstream_results_come_in_any_order() -> None:
@@ -300,7 +303,7 @@ def test_retrain_ids_are_stable_when_upstream_results_come_in_any_order() -> Non
 def test_results_of_trials_no_longer_in_the_spec_are_ignored() -> None:
     spec = spec_of(SEARCH, RETRAIN)
     first = plan(spec)
-    stale = UpstreamResult("0123456789ab", 7, first.trials[0].config, best=GENOTYPES[2], last=GENOTYPES[2])
+    stale = UpstreamResult("0123456789ab", 7, config_to_dict(first.trials[0].config), best=GENOTYPES[2], last=GENOTYPES[2])
     p = plan(spec, upstream=lambda name: [*results_for(first, name), stale])
     assert "0123456789ab" not in {t.lineage.parent for t in p.trials}
     assert len(p.stage("retrain").trials) == 5
@@ -321,9 +324,9 @@ def test_take_and_parse_choose_the_architecture(take: str, parse: str, field: st
     (search,) = plan(spec).trials
     options = dict(zip(("best", "last", "best_no_hack", "last_no_hack"), GENOTYPES + [GENOTYPES[0]]))
     options["last_no_hack"] = get_published("SHARPER_MAX_W").genotype.to_dict()
-    result = UpstreamResult(search.trial_id, 0, search.config, **options)
+    result = UpstreamResult(search.trial_id, 0, config_to_dict(search.config), **options)
     (trial,) = plan(spec, upstream=lambda name: [result]).stage("retrain").trials
-    assert Genotype.from_json(trial.config["genotype"]) == Genotype.from_dict(options[field])
+    assert Genotype.from_json(trial.config.genotype) == Genotype.from_dict(options[field])
     assert trial.lineage.source.endswith(f":{take}/{parse}")
 
 
@@ -350,13 +353,13 @@ def test_an_explicit_op_set_wins_over_the_search_space() -> None:
     spec = spec_of(SEARCH, {**RETRAIN, "overrides": {"epochs": 2, "op_set": "sharp"}, "genotypes": []})
     first = plan(spec)
     trials = plan(spec, upstream=lambda name: results_for(first, name)).trials
-    assert all(t.config["op_set"] == "sharp" for t in trials if t.kind == "retrain")
+    assert all(t.config.op_set == "sharp" for t in trials if t.kind == "retrain")
 
 
 def test_an_unusable_upstream_architecture_is_a_plan_error() -> None:
     spec = spec_of(SEARCH, RETRAIN)
     first = plan(spec)
-    broken = [UpstreamResult(t.trial_id, t.seed, t.config, best={"normal": [["x", 0]]}) for t in first.trials]
+    broken = [UpstreamResult(t.trial_id, t.seed, config_to_dict(t.config), best={"normal": [["x", 0]]}) for t in first.trials]
     with pytest.raises(PlanError, match="search/"):
         plan(spec, upstream=lambda name: broken)
 
@@ -370,8 +373,8 @@ def test_retraining_a_path_clears_the_recipes_genotype() -> None:
     trials = plan(spec, upstream=lambda name: results_for(first, name, archs=paths)).stage("retrain").trials
     assert len(trials) == 2
     for t, path in zip(trials, paths):
-        assert t.config["genotype"] is None
-        assert HyperCuboidPath.from_json(t.config["path"]) == HyperCuboidPath.from_dict(path)
+        assert t.config.genotype is None
+        assert HyperCuboidPath.from_json(t.config.path) == HyperCuboidPath.from_dict(path)
         assert t.lineage.source == f"dhgs/{t.lineage.parent}:best"
 
 
@@ -414,14 +417,14 @@ def test_grid_candidates_are_path_retrains() -> None:
              "off_grid": "allow"}  # the published human path is on the CIFAR grid, not this one
     trials = plan(spec_of(stage)).stage("grid").trials
     assert len(trials) == 5 * 2
-    assert all(t.kind == "grid" and t.config["genotype"] is None for t in trials)
-    assert trials[0].config["path"] == "MULTI_CHANNEL_HANDMADE_PATH"
-    assert HyperCuboidPath.from_json(trials[2].config["path"]) == HyperCuboidPath.from_dict(INLINE)
+    assert all(t.kind == "grid" and t.config.genotype is None for t in trials)
+    assert trials[0].config.path == "MULTI_CHANNEL_HANDMADE_PATH"
+    assert HyperCuboidPath.from_json(trials[2].config.path) == HyperCuboidPath.from_dict(INLINE)
     sources = [t.lineage.source for t in trials[::2]]
     assert sources == ["published:MULTI_CHANNEL_HANDMADE_PATH", "inline:candidates[1]", "random#1(seed=5)",
                        "random#2(seed=5)", "random#3(seed=5)"]  # fmt: skip
     for t in trials[4:]:
-        path = HyperCuboidPath.from_json(t.config["path"])
+        path = HyperCuboidPath.from_json(t.config.path)
         assert path.layers == 2 and path.head_channels == 64
         assert {path.stem_channels} | {s.c_out for s in path.stages} <= {8, 16}
 
@@ -457,7 +460,7 @@ def test_an_inline_path_label_names_its_arm_but_not_its_trial() -> None:
 def test_random_paths_are_deterministic_and_grow_by_appending() -> None:
     def random_paths(n: int, seed: int) -> list[str]:
         stage = {**GRID, "candidates": [{"random": n, "seed": seed}], "seeds": [0]}
-        return [t.config["path"] for t in plan(spec_of(stage)).trials]
+        return [t.config.path for t in plan(spec_of(stage)).trials]
 
     assert random_paths(3, 0) == random_paths(3, 0)
     assert random_paths(4, 0)[:3] == random_paths(3, 0)
@@ -484,7 +487,7 @@ def test_optuna_grid_is_searched_at_run_time() -> None:
     params = {"stem": 16, **{f"c_out_{t}": 8 for t in range(4)}, **{f"op_{t}": "SharpSepConv" for t in range(4)}}
     trial = optuna.trial(params)
     assert trial.trial_id == optuna.trial(dict(params)).trial_id and trial.seed == 7
-    path = HyperCuboidPath.from_json(trial.config["path"])
+    path = HyperCuboidPath.from_json(trial.config.path)
     assert path.stem_channels == 16 and [s.c_in for s in path.stages] == [16, 8, 8, 8]
     assert optuna.owns(trial.config)
     other = optuna.trial({**params, "op_3": "ResizablePool"})
@@ -505,8 +508,8 @@ def test_retrain_from_optuna_takes_the_top_trials() -> None:
         params = {"stem": stem, **{f"c_out_{t}": width for t in range(4)}, **{f"op_{t}": "SharpSepConv" for t in range(4)}}
         trials.append(optuna.trial(params))
     assert len(set(ids(trials))) == 3
-    results = [UpstreamResult(t.trial_id, t.seed, t.config, best=json.loads(t.config["path"]),
-                              last=json.loads(t.config["path"]), score=s) for t, s in zip(trials, (0.1, 0.9, 0.5))]
+    results = [UpstreamResult(t.trial_id, t.seed, config_to_dict(t.config), best=json.loads(t.config.path),
+                              last=json.loads(t.config.path), score=s) for t, s in zip(trials, (0.1, 0.9, 0.5))]
     assert plan(spec, upstream=lambda name: results[:2]).stage("best").state == "waiting"  # 2 of 3 trials
     best = plan(spec, upstream=lambda name: results).stage("best")
     assert [t.lineage.parent for t in best.trials] == [trials[1].trial_id] * 2
@@ -533,7 +536,7 @@ def test_evaluate_scores_every_retrain() -> None:
     evals = third.stage("eval").trials
     retrains = third.stage("retrain").trials
     assert [t.lineage.parent for t in evals] == ids(retrains)
-    assert all(t.config["checkpoint"] == "last" and t.config["datasets"] == ["digits"] for t in evals)
+    assert all(t.config.checkpoint == "last" and t.config.datasets == ("digits",) for t in evals)
     assert [t.arm.label for t in evals] == [f"of retrain: {t.arm.label}" for t in retrains]
     assert ids(third.stage("retrain").trials) == ids(second.stage("retrain").trials)
 

@@ -6,10 +6,11 @@ import dataclasses
 
 from nas_service.progress import ProgressView, StageProgress, format_duration, uniform_epochs
 from nas_service.trials import Arm, Trial
+from tests.helpers import search_config
 
 
 def _trial(trial_id: str, epochs: int = 4) -> Trial:
-    return Trial(stage="search", kind="cell_search", trial_id=trial_id, config={"epochs": epochs}, seed=0, axes={},
+    return Trial(stage="search", kind="cell_search", trial_id=trial_id, config=search_config(epochs), seed=0, axes={},
                  arm=Arm("search:x", "x"))  # fmt: skip
 
 

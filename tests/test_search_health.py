@@ -13,6 +13,7 @@ from nas_service.report import format_report, report_tables
 from nas_service.results import ResultsStore
 from nas_service.search_health import NEAR_UNIFORM, health_warnings, least_decided, trial_warning
 from nas_service.trials import Arm, Trial
+from tests.helpers import search_config
 from search_spaces.hypercuboid import HyperCuboidSupernet
 from trainers.search import describe_hypercuboid
 
@@ -54,9 +55,9 @@ def test_run_prints_a_warning_when_a_search_trial_finishes_near_uniform():
     lines: list[str] = []
     view = ProgressView(lines.append, live=False)
     view.start(StageProgress("search", total=2))
-    undecided = Trial(stage="search", kind="cell_search", trial_id="aaa", config={"epochs": 1}, seed=3, axes={},
+    undecided = Trial(stage="search", kind="cell_search", trial_id="aaa", config=search_config(1), seed=3, axes={},
                       arm=Arm("search:x", "weighting=scalar"))  # fmt: skip
-    decided = Trial(stage="search", kind="cell_search", trial_id="bbb", config={"epochs": 1}, seed=4, axes={},
+    decided = Trial(stage="search", kind="cell_search", trial_id="bbb", config=search_config(1), seed=4, axes={},
                     arm=Arm("search:y", "weighting=max_w"))  # fmt: skip
     view.event("epoch", undecided, {"epoch": 1, "arch_entropy_normal": 0.998, "arch_entropy_reduce": 0.9})
     view.event("finished", undecided)

@@ -29,9 +29,9 @@ def _arch_for(trial: Any) -> dict[str, Any]:
         return get_published("SHARP_DARTS").genotype.to_dict()
     if trial.kind == "hypercuboid_search":
         return resolve_path("MULTI_CHANNEL_HANDMADE_PATH").to_dict()
-    config = trial.config
-    if config.get("path"):
-        return resolve_path(json.loads(config["path"]) if config["path"].startswith("{") else config["path"]).to_dict()
+    path = getattr(trial.config, "path", None)
+    if path:
+        return resolve_path(json.loads(path) if path.startswith("{") else path).to_dict()
     return {}
 
 
@@ -39,6 +39,7 @@ def plan_ids(example: str) -> dict[str, list[list[str]]]:
     """``{stage: [[trial_id, arm_id, lineage source], ...]}`` once every stage has expanded."""
     from nas_service.planner import UpstreamResult, plan
     from nas_service.spec import load_spec
+    from trainers.config import config_to_dict
 
     spec = load_spec(REPO / example)
     results: dict[str, list[Any]] = {}
@@ -51,7 +52,7 @@ def plan_ids(example: str) -> dict[str, list[list[str]]]:
         for stage in current.stages:
             if stage.state == "ready" and stage.name not in results:
                 results[stage.name] = [
-                    UpstreamResult(t.trial_id, t.seed, t.config, best=_arch_for(t), last=_arch_for(t),
+                    UpstreamResult(t.trial_id, t.seed, config_to_dict(t.config), best=_arch_for(t), last=_arch_for(t),
                                    best_no_hack=_arch_for(t), last_no_hack=_arch_for(t), score=float(i))
                     for i, t in enumerate(stage.trials)
                 ]  # fmt: skip

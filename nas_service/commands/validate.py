@@ -64,7 +64,8 @@ def _counts(stage_spec: Any, stage: StagePlan) -> str:
     seeds = getattr(stage_spec, "seeds", None)
     if seeds is not None:
         parts.append(f"seeds x {len(seeds)}")
-    archs = len({(t.config.get("genotype"), t.config.get("path")) for t in stage.trials} - {(None, None)})
+    archs = len({(getattr(t.config, "genotype", None), getattr(t.config, "path", None)) for t in stage.trials}
+                - {(None, None)})  # fmt: skip
     if archs:
         parts.insert(0, f"{archs} architecture{'s' if archs != 1 else ''}")
     return f"{len(stage.trials)}" + (f" ({', '.join(parts)})" if parts else "")

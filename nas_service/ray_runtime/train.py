@@ -168,14 +168,13 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> RetrainSummary | dict
     import ray.train
     import ray.train.torch
 
-    from trainers.config import config_from_dict
     from trainers.engine import DivergedError, Hooks
     from trainers.retrain import run_retrain
 
     _quiet_report_lines()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    config = config_from_dict(loop_config["config"])
+    config = loop_config["config"]
     device = ray.train.torch.get_device()
     queue = loop_config["queue"]
     step_log = Path(loop_config["step_loss_log"]) if loop_config.get("step_loss_log") else None
@@ -355,7 +354,6 @@ def run_ddp_retrain(
         ray.train.TrainingFailedError: the workers failed more than ``retries`` times.
         trainers.engine.DivergedError: the loss became NaN or infinite (on any worker; not retried).
     """
-    from trainers.config import config_to_dict
     from trainers.engine import Hooks
     from trainers.retrain import run_retrain
 
@@ -385,7 +383,7 @@ def run_ddp_retrain(
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config={
-            "config": config_to_dict(config), "queue": queue, "sync_batchnorm": sync_batchnorm,
+            "config": config, "queue": queue, "sync_batchnorm": sync_batchnorm,
             "step_loss_log": str(step_loss_log) if step_loss_log else None,
             "fault": json.loads(fault_raw) if fault_raw else None, "threads": threads,
         },

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.checkpoints import copy_run_files, stage_run_files
+from trainers.config import config_to_dict
 from trainers.summary import RetrainSummary
 
 from ..digests import digest
@@ -182,15 +183,13 @@ class _TuneEdge:
         The run's name and storage derive from the trial, so a retried or resumed trial continues the same
         Ray Train run from its last checkpoint; a lost worker or node restarts the worker group from there.
         """
-        from trainers.config import config_from_dict
-
         from .train import ddp_run_name, ddp_trial_resources, run_ddp_retrain
 
         ddp = dict(trial.ddp or {})
         workers = int(ddp["workers"])
         _, per_worker = ddp_trial_resources(workers, ddp["resources_per_worker"])
         threads = max(1, round(float(ddp["resources_per_worker"].get("CPU", 1))))
-        config = config_from_dict(dict(trial.config))
+        config = trial.config
         return run_ddp_retrain(
             config, workdir=workdir, workers=workers, run_name=ddp_run_name(trial.trial_id, config),
             storage_path=self.location.ddp, resources_per_worker=per_worker, retries=int(ddp["retries"]),
@@ -605,7 +604,7 @@ def run_trials(
          "memory": resources.get("memory", 0)},  # bytes Ray reserves per trial (0: none)
     )  # fmt: skip
     trial_of = lambda config: by_id.get(config.get("trial_id", ""))  # noqa: E731
-    epochs = max(int(t.config.get("epochs", 1)) for t in trials)
+    epochs = max(t.epochs or 1 for t in trials)
 
     def make_tuner() -> Any:
         remaining = [t for t in todo if t not in is_done()]  # a fresh start after a dropped Tune state
@@ -669,7 +668,7 @@ def run_optuna_trials(
     metric = (asha or {}).get("metric", "valid_top1")
     mode = (asha or {}).get("mode", "max")
     search = {"stage": stage, "space": optuna_plan.space(), "trials": optuna_plan.trials, "seed": optuna_plan.seed,
-              "config": optuna_plan.base_config}  # fmt: skip
+              "config": config_to_dict(optuna_plan.base_config)}  # fmt: skip
     name = f"{stage}-optuna-{digest(search, 10, compact=False)}"
     storage_path = location.tune
     trainable = tune.with_resources(
@@ -691,7 +690,7 @@ def run_optuna_trials(
             tune_config=tune.TuneConfig(
                 search_alg=OptunaSearch(metric=metric, mode=mode, seed=optuna_plan.seed),
                 num_samples=optuna_plan.trials, max_concurrent_trials=max_concurrent,
-                scheduler=_asha(asha, int(optuna_plan.base_config.get("epochs", 1))),
+                scheduler=_asha(asha, optuna_plan.base_config.epochs),
             ),
             run_config=_run_config(name, storage_path, retries,
                                    _Progress.make(name),

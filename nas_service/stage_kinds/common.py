@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from trainers.config import config_from_dict, config_to_dict
+from trainers.config import TrainConfig
 from trainers.summary import RetrainSummary, RunSummary
 
 from ..spec_models import sweep_points, stage_base_config, train_stage_config
@@ -40,28 +40,28 @@ def run_recipe_trial(trial: Trial, workdir: Path, hooks: Any) -> RunSummary:
     """The ``run_trial`` of a kind whose trials train a recipe: the training engine's loop of its config."""
     from trainers.run import run_config  # torch: imported where a trial runs, not where a spec is planned
 
-    return run_config(config_from_dict(dict(trial.config)), workdir=workdir, hooks=hooks)
+    return run_config(trial.config, workdir=workdir, hooks=hooks)
 
 
 def plan_search_stage(spec: Any, stage: Any, done: Mapping[str, StagePlan], upstream: Upstream | None) -> StagePlan:
     """One trial per sweep point and seed, each searching from scratch."""
-    base = config_to_dict(stage_base_config(spec, stage))
+    base = stage_base_config(spec, stage)
     trials = [make_trial(stage, base, None, axes, seed) for axes in sweep_points(stage) for seed in stage.seeds]
     return StagePlan(stage.name, stage.kind, "ready", tuple(trials), expected_trials=len(trials),
-                     epochs=base["epochs"])  # fmt: skip
+                     epochs=base.epochs)  # fmt: skip
 
 
 def plan_architecture_stage(spec: Any, stage: Any, done: Mapping[str, StagePlan], upstream: Upstream | None,
-                            base: dict[str, Any] | None = None) -> StagePlan:  # fmt: skip
+                            base: TrainConfig | None = None) -> StagePlan:  # fmt: skip
     """One trial per architecture (named in the stage, or taken ``from:`` an earlier stage), sweep point and
     seed; ``waiting`` while the ``from:`` stage has unfinished trials. Duplicates are trained once."""
     ref = getattr(stage, "from_", None)
     parent_plan = done[ref.stage] if ref is not None else None
-    base = base if base is not None else config_to_dict(stage_base_config(spec, stage))
+    base = base if base is not None else stage_base_config(spec, stage)
     points = sweep_points(stage)
     static = static_architectures(stage)
     per_arch = len(points) * len(stage.seeds)
-    common = {"asha": getattr(stage, "asha", None), "epochs": base["epochs"], "depends_on": ref.stage if ref else None}
+    common = {"asha": getattr(stage, "asha", None), "epochs": base.epochs, "depends_on": ref.stage if ref else None}
     archs = list(static)
     notes: list[str] = []
     if ref is not None:

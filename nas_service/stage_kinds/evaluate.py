@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from trainers.config import config_to_dict
 from trainers.dataset_shapes import DATASET_SHAPES
 
 from ..location import ExperimentLocation
@@ -21,6 +23,19 @@ from ..spec_models import FromRef, Issue, StageBase, base_config, recipe_issue, 
 from ..trials import Lineage, StagePlan, Trial, Upstream, expected_trials, finished_upstream, make_arm, \
     trial_id_for, upstream_arm  # fmt: skip
 from .base import STAGE_KINDS, StageKind, register_stage_kind
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What one evaluate trial scores: a checkpoint (``best`` or ``last``) of ``source_trial`` of
+    ``source_stage``, on each of ``datasets`` read from ``root`` (None: each data set's default)."""
+
+    source_stage: str
+    source_trial: str
+    checkpoint: str
+    datasets: tuple[str, ...]
+    root: str | None = None
+    kind: str = "evaluate"
 
 
 class EvaluateStage(StageBase):
@@ -80,10 +95,7 @@ def _plan(spec: Any, stage: EvaluateStage, done: Mapping[str, StagePlan], upstre
         results = sorted(results, key=lambda r: (r.score is None, -(r.score or 0.0), r.trial_id))[: ref.top]
     trials = []
     for r in results:
-        config = {
-            "kind": "evaluate", "source_stage": ref.stage, "source_trial": r.trial_id,
-            "checkpoint": stage.checkpoint, "datasets": list(stage.datasets), "root": stage.root,
-        }  # fmt: skip
+        config = EvaluateConfig(ref.stage, r.trial_id, stage.checkpoint, tuple(stage.datasets), stage.root)
         up_arm = upstream_arm(parent, r)
         trials.append(Trial(
             stage=stage.name, kind="evaluate", config=config, seed=r.seed, axes={},
@@ -119,20 +131,20 @@ def run_evaluate_stage(trials: Sequence[Trial], location: ExperimentLocation, ou
     for trial in trials:
         if trial.trial_id in done:
             continue
-        cfg = trial.config
+        cfg: EvaluateConfig = trial.config
         start = time.time()
-        checkpoint = _checkpoint_of(location, cfg["source_trial"], cfg.get("checkpoint", "best"))
+        checkpoint = _checkpoint_of(location, cfg.source_trial, cfg.checkpoint)
         scores: dict[str, float] = {}
         protocol = None
-        for dataset in cfg["datasets"]:
-            result = score_checkpoint(checkpoint, dataset, root=cfg.get("root"))
+        for dataset in cfg.datasets:
+            result = score_checkpoint(checkpoint, dataset, root=cfg.root)
             scores[f"{dataset}.top1"] = result["top1"]
             scores[f"{dataset}.top5"] = result["top5"]
             protocol = result["protocol"]
-            out(f"[{trial.stage}] {cfg['source_trial']} on {dataset}: top-1 {result['top1']:.4f}")
+            out(f"[{trial.stage}] {cfg.source_trial} on {dataset}: top-1 {result['top1']:.4f}")
         store.write_trial(trial.trial_id, 0, {
             "stage": trial.stage, "stage_kind": "evaluate", "seed": trial.seed, "status": "finished",
-            "config": cfg, "arm": trial.arm.arm_id, "lineage_trial_id": trial.lineage.parent,
+            "config": config_to_dict(cfg), "arm": trial.arm.arm_id, "lineage_trial_id": trial.lineage.parent,
             "lineage_stage": trial.lineage.parent_stage, "best": scores, "last": scores, "protocol": protocol,
             "wall_seconds": time.time() - start, "checkpoint": str(checkpoint),
             "extra": {"arm_label": trial.arm.label, "lineage_source": trial.lineage.source},

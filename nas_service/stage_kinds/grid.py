@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from search_spaces.paths import PUBLISHED_PATHS, HyperCuboidPath, PathError
-from trainers.config import TrainConfig, config_to_dict
+from trainers.config import TrainConfig, with_overrides
 from trainers.summary import RetrainSummary
 
 from ..spec_models import (
@@ -29,7 +29,7 @@ from ..spec_models import (
     train_stage_config,
     unique,
 )
-from ..trials import OptunaPlan, StagePlan, Upstream, with_overrides_dict
+from ..trials import OptunaPlan, StagePlan, Upstream
 from .base import StageKind, register_stage_kind
 from .common import run_recipe_trial, plan_architecture_stage, trained_upstream
 
@@ -144,15 +144,15 @@ def _off_grid_issues(stage: GridStage, where: str) -> list[Issue]:
 
 
 def _plan(spec: Any, stage: GridStage, done: Mapping[str, StagePlan], upstream: Upstream | None) -> StagePlan:
-    base = config_to_dict(stage_base_config(spec, stage))
+    base = stage_base_config(spec, stage)
     if stage.optuna is None:
         return plan_architecture_stage(spec, stage, done, upstream, base)
     assert stage.channels is not None and stage.layers is not None  # the spec's rules require them
-    seeded = with_overrides_dict(base, {"seed": stage.seeds[0]})
+    seeded = with_overrides(base, {"seed": stage.seeds[0]})
     optuna = OptunaPlan(stage.name, stage.optuna.trials, stage.optuna.seed, tuple(stage.channels), stage.layers,
                         stage.head_channels, seeded)  # fmt: skip
     return StagePlan(stage.name, stage.kind, "search", expected_trials=stage.optuna.trials, optuna=optuna,
-                     asha=stage.asha, epochs=base["epochs"])  # fmt: skip
+                     asha=stage.asha, epochs=base.epochs)  # fmt: skip
 
 
 GRID = register_stage_kind(StageKind(

@@ -16,8 +16,9 @@ import cloudpickle
 
 from nas_service.ray_runtime import tune as tune_runtime
 from nas_service.trials import Arm, Trial
+from tests.helpers import search_config
 
-TRIAL = Trial(stage="search", kind="cell_search", trial_id="abc", config={"epochs": 1}, seed=0, axes={},
+TRIAL = Trial(stage="search", kind="cell_search", trial_id="abc", config=search_config(1), seed=0, axes={},
               arm=Arm("search:x", "x"))  # fmt: skip
 
 

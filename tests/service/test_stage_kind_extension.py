@@ -29,6 +29,7 @@ from nas_service.stage_kinds import STAGE_KINDS, StageKind, register_stage_kind
 from nas_service.trials import Lineage, StagePlan, Trial, UpstreamResult, make_arm, trial_id_for
 from search_spaces.genotypes import parse_genotype
 from search_spaces.spaces import get_search_space, list_search_spaces
+from trainers.config import config_to_dict
 from trainers.summary import RunSummary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,10 +50,20 @@ def _check(spec: Any, stage: RandomGenotypeStage, where: str, upstream_stage: An
     return []
 
 
+@dataclass(frozen=True)
+class RandomGenotypeConfig:
+    """What one trial computes: its id hashes this (as ``config_to_dict`` spells it)."""
+
+    space: str
+    seed: int
+    epochs: int = 1
+    kind: str = "random_genotype"
+
+
 def _plan(spec: Any, stage: RandomGenotypeStage, done: Any, upstream: Any) -> StagePlan:
     trials = []
     for seed in stage.seeds:
-        config = {"kind": "random_genotype", "space": stage.space, "seed": seed, "epochs": 1}
+        config = RandomGenotypeConfig(stage.space, seed)
         trials.append(Trial(stage=stage.name, kind=stage.kind, trial_id=trial_id_for(stage.name, stage.kind, config),
                             config=config, seed=seed, axes={},
                             arm=make_arm(stage.name, stage.kind, config, [f"space={stage.space}"]),
@@ -71,15 +82,15 @@ class RandomGenotypeSummary(RunSummary):
 
 
 def _run_trial(trial: Trial, workdir: Path, hooks: Any) -> RandomGenotypeSummary:
-    primitives = [p for p in get_search_space(trial.config["space"]).primitives if p != "none"]
-    generator = torch.Generator().manual_seed(trial.config["seed"])
+    primitives = [p for p in get_search_space(trial.config.space).primitives if p != "none"]
+    generator = torch.Generator().manual_seed(trial.config.seed)
     weights = [torch.rand(14, len(primitives), generator=generator) for _ in range(2)]
     genotype = parse_genotype(*weights, primitives, skip_primitive=None).to_dict()
     free = sum(op in ("max_pool_3x3", "avg_pool_3x3", "skip_connect") for op, _ in genotype["normal"])
     metrics = {"epoch": 1, "parameter_free_share": free / len(genotype["normal"])}
     hooks.report(metrics, None)
-    return RandomGenotypeSummary(kind="random_genotype", config=dict(trial.config), history=[metrics], best_epoch=1,
-                                 epochs_run=1, finished=True, genotype=genotype)  # fmt: skip
+    return RandomGenotypeSummary(kind="random_genotype", config=config_to_dict(trial.config), history=[metrics],
+                                 best_epoch=1, epochs_run=1, finished=True, genotype=genotype)  # fmt: skip
 
 
 def _upstream(trial_id: str, summary: RandomGenotypeSummary) -> UpstreamResult:
@@ -174,7 +185,7 @@ def test_a_kind_registered_in_a_script_runs_on_local_ray_and_reports(tmp_path: P
     retrain = after.stage("retrain")
     assert retrain.state == "ready" and len(retrain.trials) == 2
     assert {t.lineage.parent for t in retrain.trials} == set(trials["trial_id"])
-    assert all(json.loads(t.config["genotype"]) in genotypes for t in retrain.trials)
+    assert all(json.loads(t.config.genotype) in genotypes for t in retrain.trials)
 
 
 if __name__ == "__main__":  # the driver script of the test above: register the kind, then `nas-service run`
