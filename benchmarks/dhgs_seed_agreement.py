@@ -24,7 +24,8 @@ from typing import Any
 def search(variant: dict[str, Any], weighting: str, seed: int) -> dict[str, Any]:
     import torch
 
-    from trainers.config import get_recipe, with_overrides
+    from trainers.config import with_overrides
+    from trainers.recipes import get_recipe
     from trainers.search import run_hypercuboid_search
 
     torch.set_num_threads(1)

@@ -10,7 +10,7 @@ A spec names an experiment, where its results go, the resources of one trial and
     stages:
       - name: search
         kind: cell_search         # a registered stage kind: nas_service.stage_kinds
-        recipe: digits_search     # a named config from trainers.config.RECIPES of the matching kind
+        recipe: digits_search     # a named config from trainers.recipes.RECIPES of the matching kind
         overrides: {epochs: 3}    # config fields (nested or dotted); never axes, even when a value is a list
         sweep: {weighting: [scalar, max_w]}   # the explicit axes: dotted config field -> values
         seeds: [0, 1]             # an axis too

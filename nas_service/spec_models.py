@@ -34,7 +34,8 @@ from pydantic_core import PydanticCustomError
 
 from search_spaces.genotypes import Genotype, GenotypeError, list_published
 from search_spaces.paths import HYPERCUBOID_OPS, HyperCuboidPath, PathError, list_published_paths
-from trainers.config import ConfigError, TrainConfig, config_to_dict, get_recipe, list_recipes, with_overrides
+from trainers.config import ConfigError, TrainConfig, config_to_dict, with_overrides
+from trainers.recipes import get_recipe, list_recipes
 
 from .location import NAME_RE, is_uri, name_problem
 

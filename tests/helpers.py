@@ -93,6 +93,7 @@ stages:
 
 def search_config(epochs: int) -> Any:
     """A planned cell-search trial's typed config that trains ``epochs`` epochs."""
-    from trainers.config import get_recipe, with_overrides
+    from trainers.config import with_overrides
+    from trainers.recipes import get_recipe
 
     return with_overrides(get_recipe("digits_search"), {"epochs": epochs, "schedule": {"warmup_epochs": 0}})

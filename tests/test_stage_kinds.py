@@ -11,7 +11,7 @@ import pytest
 
 from nas_service.spec import ExperimentSpec, schema_text
 from nas_service.stage_kinds import STAGE_KINDS, get_stage_kind, list_stage_kinds
-from trainers.config import list_recipes, get_recipe
+from trainers.recipes import get_recipe, list_recipes
 
 
 @pytest.mark.parametrize("name", list_stage_kinds())

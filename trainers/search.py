@@ -189,7 +189,7 @@ def run_cell_search(
     """Runs (or resumes) a differentiable cell search; returns the summary with the chosen genotype.
 
     Example:
-        >>> from trainers.config import get_recipe
+        >>> from trainers.recipes import get_recipe
         >>> summary = run_cell_search(get_recipe("digits_search"), workdir="runs/s0")  # doctest: +SKIP
     """
 

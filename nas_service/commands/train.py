@@ -70,7 +70,8 @@ def _recipes(args: argparse.Namespace) -> int:
     # Imported in the handlers, not at the top: `nas-service --help` builds this module's parsers.
     import yaml
 
-    from trainers.config import config_to_dict, get_recipe, list_recipes
+    from trainers.config import config_to_dict
+    from trainers.recipes import get_recipe, list_recipes
 
     if args.show:
         print(yaml.safe_dump(config_to_dict(get_recipe(args.show)), sort_keys=False), end="")
@@ -85,7 +86,8 @@ def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from trainers.checkpoints import atomic_write_text
-    from trainers.config import get_recipe, with_overrides
+    from trainers.config import with_overrides
+    from trainers.recipes import get_recipe
     from trainers.engine import Hooks
     from trainers.run import run_config
 

@@ -38,7 +38,8 @@ from torch import nn
 from nas_service.ray_runtime.train import WORKER_FAULT_ENV, run_ddp_retrain
 from tests.helpers import ROOT
 from trainers.checkpoints import capture_rng_state, load_checkpoint, write_epoch_checkpoint
-from trainers.config import get_recipe, with_overrides
+from trainers.config import with_overrides
+from trainers.recipes import get_recipe
 from trainers.distributed import adopt_rank_state, capture_rank_state
 
 TOLERANCE = 1e-6

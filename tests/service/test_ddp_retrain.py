@@ -31,7 +31,8 @@ from trainers.distributed import (
     shard_loader,
 )
 from tests.helpers import ROOT, free_port
-from trainers.config import get_recipe, with_overrides
+from trainers.config import with_overrides
+from trainers.recipes import get_recipe
 from trainers.data import make_loader
 from trainers.engine import Hooks
 from trainers.retrain import run_retrain

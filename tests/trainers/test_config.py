@@ -16,10 +16,9 @@ from trainers.config import (
     ScheduleConfig,
     config_from_dict,
     config_to_dict,
-    get_recipe,
-    list_recipes,
     with_overrides,
 )
+from trainers.recipes import get_recipe, list_recipes
 from trainers.schedules import SCHEDULES, ScheduleError, ScheduleSpec
 
 # sha256 of json.dumps(config_to_dict(recipe), sort_keys=True), recorded before the pydantic reader and the
@@ -188,7 +187,7 @@ def test_digits_presets_are_the_documented_ones():
     import re
     from pathlib import Path
 
-    from trainers.config import get_recipe
+    from trainers.recipes import get_recipe
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
     line = re.search(r"<!-- presets: (.*) -->", doc).group(1)

@@ -388,7 +388,8 @@ def test_imagenet_std_bug_flag(bug):
 
 
 def test_the_data_config_is_the_augmentation_config_and_checks_it():
-    from trainers.config import ConfigError, config_from_dict, get_recipe, with_overrides
+    from trainers.config import ConfigError, config_from_dict, with_overrides
+    from trainers.recipes import get_recipe
 
     for field, value in (("cutout", -1), ("cutout_holes", 0), ("random_shift", -1)):
         with pytest.raises(ConfigError, match=f"data.{field}: must be >= "):

@@ -9,7 +9,8 @@ import torch
 from search_spaces.hypercuboid import HyperCuboidSupernet
 from search_spaces.supernet import build_search_network
 from trainers.architect import Architect
-from trainers.config import ArchOptimConfig, ConfigError, OptimConfig, config_from_dict, config_to_dict, get_recipe, with_overrides
+from trainers.config import ArchOptimConfig, ConfigError, OptimConfig, config_from_dict, config_to_dict, with_overrides
+from trainers.recipes import get_recipe
 from trainers.engine import apply_memory_format, train_one_epoch
 from trainers.identity import without_result_neutral_fields
 from trainers.precision import Precision, native_bf16, resolve_precision

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from search_spaces.registry import UnknownNameError
-from trainers.config import config_to_dict, get_recipe, list_recipes
+from trainers.config import config_to_dict
+from trainers.recipes import get_recipe, list_recipes
 from trainers.schedules import (
     ScheduleError,
     ScheduleSpec,

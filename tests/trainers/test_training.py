@@ -12,7 +12,8 @@ from search_spaces.spaces import list_search_spaces
 from search_spaces.weighting import list_weightings
 from trainers.architect import Architect
 from trainers.checkpoints import CheckpointFallbackWarning, latest_checkpoint, list_epoch_checkpoints
-from trainers.config import ConfigError, config_from_dict, get_recipe, with_overrides
+from trainers.config import ConfigError, config_from_dict, with_overrides
+from trainers.recipes import get_recipe
 from trainers.engine import DivergedError, Hooks
 from trainers.identity import without_result_neutral_fields
 from trainers.loop import ResumeMismatchError
