@@ -55,6 +55,7 @@ def build(folder: Path, name: str, trials: int, epochs: int, *, compaction: str 
     from nas_service.results import ResultsStore
     from nas_service.spec import load_spec
     from search_spaces.genotypes import PUBLISHED_GENOTYPES
+    from trainers.config import config_to_dict
 
     spec_path = folder / f"{name}.yaml"
     spec_path.write_text(spec_text(name, folder / "runs", trials, epochs))
@@ -71,7 +72,7 @@ def build(folder: Path, name: str, trials: int, epochs: int, *, compaction: str 
             })  # fmt: skip
         store.write_trial(trial.trial_id, 0, {
             "stage": "search", "stage_kind": "cell_search", "status": "finished", "seed": trial.seed,
-            "config": trial.config, "arm": trial.arm.arm_id, "genotype": genotype, "epochs_completed": epochs,
+            "config": config_to_dict(trial.config), "arm": trial.arm.arm_id, "genotype": genotype, "epochs_completed": epochs,
             "best": {"valid_acc": 0.9 + 0.001 * (i % 7)}, "wall_seconds": 12.0 * epochs,
             "extra": {"arm_label": trial.arm.label, "axes_json": json.dumps(trial.axes, sort_keys=True)},
         })  # fmt: skip

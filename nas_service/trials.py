@@ -292,7 +292,6 @@ class StagePlan:
     state: Literal["ready", "waiting", "search"]
     trials: tuple[Trial, ...] = ()
     waiting_on: str | None = None
-    depends_on: str | None = None
     expected_trials: int | None = None
     optuna: OptunaPlan | None = None
     asha: AshaSpec | None = None

@@ -38,6 +38,7 @@ def test_the_example_plans_both_claims_over_five_seeds() -> None:
     from nas_service.spec import load_spec
     from nas_service.spec_models import stage_base_config
     from search_spaces.paths import resolve_path
+    from trainers.config import config_to_dict
 
     spec = load_spec(EXAMPLE)
     cells, sharper, dhgs, paths = spec.stages
@@ -60,7 +61,7 @@ def test_the_example_plans_both_claims_over_five_seeds() -> None:
     assert first["paths"].state == "waiting" and first["paths"].expected_trials == (10 + 1 + 3) * 5
 
     human = resolve_path("MULTI_CHANNEL_HANDMADE_PATH").to_dict()  # any path: the planner does not train it
-    results = [UpstreamResult(t.trial_id, t.seed, t.config, best=human, last=human, score=0.5)
+    results = [UpstreamResult(t.trial_id, t.seed, config_to_dict(t.config), best=human, last=human, score=0.5)
                for t in first["dhgs"].trials]  # fmt: skip
     done = {s.name: s for s in plan(spec, upstream=lambda name: results if name == "dhgs" else []).stages}
     arms: dict[str, list[int]] = {}

@@ -61,7 +61,7 @@ def plan_architecture_stage(spec: Any, stage: Any, done: Mapping[str, StagePlan]
     points = sweep_points(stage)
     static = static_architectures(stage)
     per_arch = len(points) * len(stage.seeds)
-    common = {"asha": getattr(stage, "asha", None), "epochs": base.epochs, "depends_on": ref.stage if ref else None}
+    common = {"asha": getattr(stage, "asha", None), "epochs": base.epochs}
     archs = list(static)
     notes: list[str] = []
     if ref is not None:

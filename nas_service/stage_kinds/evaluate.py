@@ -86,7 +86,7 @@ def _plan(spec: Any, stage: EvaluateStage, done: Mapping[str, StagePlan], upstre
     parent = done[ref.stage]
     results = finished_upstream(parent, upstream)
     if results is None:
-        return StagePlan(stage.name, stage.kind, "waiting", waiting_on=ref.stage, depends_on=ref.stage,
+        return StagePlan(stage.name, stage.kind, "waiting", waiting_on=ref.stage,
                          expected_trials=expected_trials(parent, ref.top))  # fmt: skip
     notes = [f"{ref.stage}/{r.trial_id} ({r.status}): no checkpoint to score"
              for r in results if r.status != "finished"]  # fmt: skip
@@ -104,8 +104,8 @@ def _plan(spec: Any, stage: EvaluateStage, done: Mapping[str, StagePlan], upstre
                          drop=("source_trial",)),
             lineage=Lineage(r.trial_id, ref.stage, f"{ref.stage}/{r.trial_id}:{stage.checkpoint}"),
         ))  # fmt: skip
-    return StagePlan(stage.name, stage.kind, "ready", tuple(trials), depends_on=ref.stage,
-                     expected_trials=len(trials), notes=tuple(notes))  # fmt: skip
+    return StagePlan(stage.name, stage.kind, "ready", tuple(trials), expected_trials=len(trials),
+                     notes=tuple(notes))  # fmt: skip
 
 
 def _checkpoint_of(location: ExperimentLocation, trial_id: str, which: str) -> Path:
