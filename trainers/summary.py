@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-__all__ = ["RunSummary", "CellSearchSummary", "HyperCuboidSearchSummary", "RetrainSummary", "summary_type"]
+__all__ = ["RunSummary", "SearchSummary", "CellSearchSummary", "HyperCuboidSearchSummary", "RetrainSummary", "summary_type"]
 
 S = TypeVar("S", bound="RunSummary")
 
@@ -61,11 +61,17 @@ class RunSummary:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CellSearchSummary(RunSummary):
-    """A differentiable cell search: the genotypes of its best search-validation epoch and of its last."""
+class SearchSummary(RunSummary):
+    """A bilevel search: search-validation accuracy at the selected epoch and at the last one."""
 
     best_valid_acc: float | None = None
     last_valid_acc: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CellSearchSummary(SearchSummary):
+    """A differentiable cell search: the genotypes of its best search-validation epoch and of its last."""
+
     best_genotype: dict[str, Any] | None = None
     last_genotype: dict[str, Any] | None = None
     best_genotype_no_hack: dict[str, Any] | None = None
@@ -75,11 +81,9 @@ class CellSearchSummary(RunSummary):
 
 
 @dataclass(frozen=True, kw_only=True)
-class HyperCuboidSearchSummary(RunSummary):
+class HyperCuboidSearchSummary(SearchSummary):
     """DHGS: the HyperCuboid paths of its best search-validation epoch and of its last."""
 
-    best_valid_acc: float | None = None
-    last_valid_acc: float | None = None
     best_path: dict[str, Any] | None = None
     last_path: dict[str, Any] | None = None
 
