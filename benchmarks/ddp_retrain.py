@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     from nas_service.ray_runtime import shutdown_ray, start_ray
     from nas_service.ray_runtime.train import ddp_trial_resources, run_ddp_retrain
     from trainers.config import with_overrides
-    from trainers.recipes import get_recipe
     from trainers.engine import Hooks
+    from trainers.recipes import get_recipe
     from trainers.retrain import run_retrain
 
     config = with_overrides(get_recipe("digits_retrain"), {

@@ -87,8 +87,8 @@ def _train(args: argparse.Namespace) -> int:
 
     from trainers.checkpoints import atomic_write_text
     from trainers.config import with_overrides
-    from trainers.recipes import get_recipe
     from trainers.engine import Hooks
+    from trainers.recipes import get_recipe
     from trainers.run import run_config
 
     from nas_service.location import folder_problem

@@ -39,8 +39,8 @@ from nas_service.ray_runtime.train import WORKER_FAULT_ENV, run_ddp_retrain
 from tests.helpers import ROOT
 from trainers.checkpoints import capture_rng_state, load_checkpoint, write_epoch_checkpoint
 from trainers.config import with_overrides
-from trainers.recipes import get_recipe
 from trainers.distributed import adopt_rank_state, capture_rank_state
+from trainers.recipes import get_recipe
 
 TOLERANCE = 1e-6
 TIMING = {"epoch_seconds", "images_per_second"}  # wall-clock, never equal

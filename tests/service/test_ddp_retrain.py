@@ -32,9 +32,9 @@ from trainers.distributed import (
 )
 from tests.helpers import ROOT, free_port
 from trainers.config import with_overrides
-from trainers.recipes import get_recipe
 from trainers.data import make_loader
 from trainers.engine import Hooks
+from trainers.recipes import get_recipe
 from trainers.retrain import run_retrain
 
 

@@ -8,12 +8,13 @@ import torch
 
 from search_spaces.hypercuboid import HyperCuboidSupernet
 from search_spaces.supernet import build_search_network
+from search_spaces.weighting import list_weightings
 from trainers.architect import Architect
 from trainers.config import ArchOptimConfig, ConfigError, OptimConfig, config_from_dict, config_to_dict, with_overrides
-from trainers.recipes import get_recipe
 from trainers.engine import apply_memory_format, train_one_epoch
 from trainers.identity import without_result_neutral_fields
 from trainers.precision import Precision, native_bf16, resolve_precision
+from trainers.recipes import get_recipe
 
 CPU = torch.device("cpu")
 
@@ -55,7 +56,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
-@pytest.mark.parametrize("weighting", ["scalar", "max_w"])
+@pytest.mark.parametrize("weighting", list_weightings())
 @pytest.mark.parametrize("kind", ["cell", "hypercuboid"])
 def test_bf16_forward_and_backward_agree_with_fp32(kind, weighting):
     """The stated tolerance. Loss: within 1% relative. Gradients (all parameters together, and the

@@ -13,10 +13,10 @@ from search_spaces.weighting import list_weightings
 from trainers.architect import Architect
 from trainers.checkpoints import CheckpointFallbackWarning, latest_checkpoint, list_epoch_checkpoints
 from trainers.config import ConfigError, config_from_dict, with_overrides
-from trainers.recipes import get_recipe
 from trainers.engine import DivergedError, Hooks
 from trainers.identity import without_result_neutral_fields
 from trainers.loop import ResumeMismatchError
+from trainers.recipes import get_recipe
 from trainers.retrain import run_retrain, score_checkpoint
 from trainers.search import run_cell_search, run_hypercuboid_search
 
