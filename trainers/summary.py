@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-__all__ = ["RunSummary", "SearchSummary", "CellSearchSummary", "HyperCuboidSearchSummary", "RetrainSummary", "summary_type"]
+__all__ = ["RunSummary", "SearchSummary", "CellSearchSummary", "HyperCuboidSearchSummary", "RetrainSummary"]
 
 S = TypeVar("S", bound="RunSummary")
 
@@ -111,13 +111,3 @@ class RetrainSummary(RunSummary):
         if self.spec.get("model") == "path":
             return {"path": self.spec.get("path")}
         return {"genotype": self.spec.get("genotype")}
-
-
-_BY_KIND: dict[str, type[RunSummary]] = {
-    "cell_search": CellSearchSummary, "hypercuboid_search": HyperCuboidSearchSummary, "retrain": RetrainSummary,
-}  # fmt: skip
-
-
-def summary_type(kind: str) -> type[RunSummary]:
-    """The summary class of a training config's kind (:class:`RunSummary` for any other kind)."""
-    return _BY_KIND.get(kind, RunSummary)

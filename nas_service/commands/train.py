@@ -101,8 +101,9 @@ def _train(args: argparse.Namespace) -> int:
     log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     summary = run_config(config, workdir=args.workdir, hooks=Hooks(log=log), device=args.device)
     summary_path = Path(args.workdir) / "summary.json"
-    atomic_write_text(summary_path, json.dumps(summary.to_dict(), indent=2))
-    brief = {k: v for k, v in summary.to_dict().items() if k not in ("history", "config", "spec")}
+    whole = summary.to_dict()
+    atomic_write_text(summary_path, json.dumps(whole, indent=2))
+    brief = {k: v for k, v in whole.items() if k not in ("history", "config", "spec")}
     print(json.dumps(brief, indent=2))
     print(f"summary written to {summary_path}", file=sys.stderr)
     return 0

@@ -7,22 +7,17 @@ import json
 
 import pytest
 
-from trainers.summary import (
-    CellSearchSummary,
-    HyperCuboidSearchSummary,
-    RetrainSummary,
-    RunSummary,
-    summary_type,
-)
+from nas_service.stage_kinds import get_stage_kind
+from trainers.summary import CellSearchSummary, HyperCuboidSearchSummary, RetrainSummary
 
 HISTORY = [{"epoch": 1, "valid_top1": 0.5}, {"epoch": 2, "valid_top1": 0.7}]
 
 
-def test_each_config_kind_has_its_summary_class_and_others_the_base() -> None:
-    assert summary_type("cell_search") is CellSearchSummary
-    assert summary_type("hypercuboid_search") is HyperCuboidSearchSummary
-    assert summary_type("retrain") is RetrainSummary
-    assert summary_type("random_genotype") is RunSummary
+def test_each_stage_kind_reads_back_the_summary_class_its_loop_returns() -> None:
+    assert get_stage_kind("cell_search").summary_type is CellSearchSummary
+    assert get_stage_kind("hypercuboid_search").summary_type is HyperCuboidSearchSummary
+    assert get_stage_kind("retrain").summary_type is RetrainSummary
+    assert get_stage_kind("grid").summary_type is RetrainSummary
 
 
 def test_the_dict_form_is_json_and_reads_back_equal() -> None:
